@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - creates .venv, installs workbench, runs the main job on a built-in model
+#   make test   - creates or reuses .venv, installs the test extras, runs the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format conformance check-zoo clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/workbench run
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check workbench tests benchmarks scripts
+	$(VENV)/bin/ruff format --check workbench tests benchmarks scripts
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff format workbench tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix workbench tests benchmarks scripts
+
+test: $(VENV)/.installed-test lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+conformance: $(VENV)/.installed-test
+	$(VENV)/bin/workbench conformance --backend reference --json reports/conformance-reference.json
+	$(VENV)/bin/workbench conformance --backend x86 --json reports/conformance-x86.json
+
+check-zoo: $(VENV)/.installed-test
+	$(PY) scripts/check_zoo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""workbench: a Jupyter-centric workbench for inference optimization.
+
+    import workbench as wb
+    model = wb.load("model.onnx")          # or bytes, or an onnx.ModelProto
+    sess = wb.Session(model, backend="x86")
+    outputs = sess.run(feeds)
+    wb.backends()                          # what can run here, and why not
+"""
+
+from __future__ import annotations
+
+from ._cache import configure_numba_cache
+
+configure_numba_cache()  # before anything imports numba
+
+from .engine import (  # noqa: E402
+    Graph,
+    Model,
+    Node,
+    Session,
+    Value,
+    backends,
+    get_backend,
+    load,
+    run_model,
+    save,
+    to_onnx,
+)
+from .errors import (  # noqa: E402
+    AllocationError,
+    BackendUnavailableError,
+    ExternalDataError,
+    FeedError,
+    KernelError,
+    ModelLoadError,
+    UnsupportedOpError,
+    WorkbenchError,
+)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The zoo builds big models with onnx.helper; import it only when asked for.
+    if name == "zoo":
+        import importlib
+
+        return importlib.import_module(".zoo", __name__)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+__all__ = [
+    "AllocationError",
+    "BackendUnavailableError",
+    "ExternalDataError",
+    "FeedError",
+    "Graph",
+    "KernelError",
+    "Model",
+    "ModelLoadError",
+    "Node",
+    "Session",
+    "UnsupportedOpError",
+    "Value",
+    "WorkbenchError",
+    "backends",
+    "get_backend",
+    "load",
+    "run_model",
+    "save",
+    "to_onnx",
+]

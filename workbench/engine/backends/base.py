@@ -1,0 +1,180 @@
+"""What a backend is: a device, the dtypes and precisions it computes in, how tensors move
+to and from it, and a table of kernels keyed by (domain, op type, opset range).
+
+A *kernel factory* is called once per node when a plan is compiled and returns the
+function that runs it (or None to decline that node, e.g. an unsupported dtype or
+attribute, and let the planner fall back). The returned function takes the node's
+inputs positionally (None for an omitted optional input; for nodes with subgraphs the
+captured outer values follow the declared inputs) and returns a tuple with one array
+per output. Everything that can be decided from attributes and constant inputs is
+decided in the factory, so the per-call work is the arithmetic alone.
+
+    table = KernelTable()
+
+    @table.register("LeakyRelu", since=6)
+    def leaky_relu(node, ctx):
+        alpha = np.float32(node.attrs.get("alpha", 0.01))
+        def run(x):
+            return (np.where(x >= 0, x, x * alpha),)
+        return run
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..ir import Node
+
+KernelFn = Callable[..., Sequence[Any]]
+Factory = Callable[["Node", "CompileContext"], KernelFn | None]
+
+OPSET_MAX = 1 << 30
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here; `mode` is native, emulated, remote, simulator or
+    unavailable, and `reason` says why when it is not plainly native."""
+
+    available: bool
+    mode: str = "native"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    domain: str
+    op_type: str
+    since: int
+    until: int
+    factory: Factory
+    algorithm: str = "default"
+
+    @property
+    def source(self) -> str:
+        return f"{self.factory.__module__}.{self.factory.__qualname__}"
+
+
+@dataclass
+class CompileContext:
+    """What a kernel factory may look at besides the node itself."""
+
+    backend: Backend
+    opset: int  # the model's opset version for the node's domain
+    precision: str
+    opsets: dict[str, int] = field(default_factory=dict)
+    functions: list[Any] = field(default_factory=list)  # model-local FunctionProtos
+
+
+@dataclass(slots=True)
+class Kernel:
+    """A compiled kernel bound to one node."""
+
+    run: KernelFn
+    backend: str
+    op_type: str
+    algorithm: str = "default"
+    fallback: bool = False  # run by another backend because this one lacks the op
+    source: str = ""
+
+
+class KernelTable:
+    """Kernel factories of one backend, keyed by (domain, op_type) and opset range."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], list[KernelSpec]] = {}
+
+    def register(
+        self,
+        op_type: str | Sequence[str],
+        *,
+        domain: str = "",
+        since: int = 1,
+        until: int = OPSET_MAX,
+        algorithm: str = "default",
+    ) -> Callable[[Factory], Factory]:
+        """Decorator: register a factory for `op_type` (or several) at opsets since..until."""
+        names = [op_type] if isinstance(op_type, str) else list(op_type)
+
+        def deco(factory: Factory) -> Factory:
+            for name in names:
+                spec = KernelSpec(domain, name, since, until, factory, algorithm)
+                specs = self._specs.setdefault((domain, name), [])
+                specs.append(spec)
+                specs.sort(key=lambda s: s.since, reverse=True)
+            return factory
+
+        return deco
+
+    def lookup(self, domain: str, op_type: str, opset: int) -> KernelSpec | None:
+        """The newest spec whose range covers `opset`."""
+        for spec in self._specs.get((domain, op_type), ()):
+            if spec.since <= opset <= spec.until:
+                return spec
+        return None
+
+    def specs(self) -> list[KernelSpec]:
+        return [s for specs in self._specs.values() for s in specs]
+
+    def ops(self) -> list[tuple[str, str]]:
+        return sorted(self._specs)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._specs
+
+
+class Backend:
+    """Base class; each backend package under `backends/` exposes one instance as BACKEND."""
+
+    name: str = ""
+    device: str = "cpu"
+    precisions: tuple[str, ...] = ("fp32",)
+    dtypes: frozenset[str] = frozenset({"float32"})  # float dtypes computed natively
+    description: str = ""
+
+    def __init__(self) -> None:
+        self.kernels = KernelTable()
+
+    @property
+    def default_precision(self) -> str:
+        return self.precisions[0]
+
+    def availability(self) -> Availability:
+        return Availability(True)
+
+    # -- tensors on the device ----------------------------------------------------------------
+    def to_device(self, array: np.ndarray) -> Any:
+        """Host array -> a tensor kernels of this backend accept (host backends: itself)."""
+        return array
+
+    def to_host(self, tensor: Any) -> np.ndarray:
+        return np.asarray(tensor)
+
+    def allocate(self, nbytes: int) -> Any:
+        """One contiguous buffer of `nbytes` (the memory planner's arena lives in it)."""
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def synchronize(self) -> None:
+        """Wait until queued work is done (host backends run synchronously)."""
+
+    # -- kernels ------------------------------------------------------------------------------
+    def supports(self, domain: str, op_type: str, opset: int) -> bool:
+        return self.kernels.lookup(domain, op_type, opset) is not None
+
+    def compile(self, node: Node, ctx: CompileContext) -> Kernel | None:
+        """Build the kernel for `node`, or None when this backend has none for it."""
+        spec = self.kernels.lookup(node.domain, node.op_type, ctx.opset)
+        if spec is None:
+            return None
+        run = spec.factory(node, ctx)
+        if run is None:
+            return None
+        return Kernel(run, self.name, node.op_type, spec.algorithm, source=spec.source)
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name} on {self.device}>"

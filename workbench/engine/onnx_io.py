@@ -1,0 +1,486 @@
+"""ONNX <-> IR: `load` (path, bytes or ModelProto -> Model) and `to_onnx` (back again).
+
+Loading checks the model with `onnx.checker`, infers shapes with
+`onnx.shape_inference` (on a copy stripped of large weights, so a 500 MB model
+is not serialized twice), and memory-maps external data instead of reading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import ChainMap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from ..errors import ExternalDataError, ModelLoadError
+from .ir import Graph, Node, Value, np_dtype
+from .memory_guard import check_size
+from .model import Model
+
+# Tensors above this size are not sent through shape inference (it only needs their dims).
+_STRIP_BYTES = 1024
+
+# Element types whose raw bytes are laid out exactly as numpy lays them out.
+_PLAIN_TYPES = {
+    TensorProto.FLOAT,
+    TensorProto.DOUBLE,
+    TensorProto.FLOAT16,
+    TensorProto.INT8,
+    TensorProto.INT16,
+    TensorProto.INT32,
+    TensorProto.INT64,
+    TensorProto.UINT8,
+    TensorProto.UINT16,
+    TensorProto.UINT32,
+    TensorProto.UINT64,
+    TensorProto.BOOL,
+}
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load(
+    source: str | os.PathLike | bytes | onnx.ModelProto,
+    *,
+    base_dir: str | os.PathLike | None = None,
+    check: bool = True,
+) -> Model:
+    """Load an ONNX model from a path, serialized bytes or a `ModelProto`.
+
+    `base_dir` is where external data files are looked up when `source` is not a
+    path (for a path it is the model's own folder).
+    """
+    path: Path | None = None
+    if isinstance(source, onnx.ModelProto):
+        proto, label, digest = source, "<ModelProto>", ""
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        raw = bytes(source)
+        proto, label = _parse(raw, "<bytes>"), "<bytes>"
+        digest = hashlib.sha256(raw).hexdigest()
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise ModelLoadError(f"{label}: no such file")
+        if not path.is_file():
+            raise ModelLoadError(f"{label}: not a file")
+        raw = path.read_bytes()
+        proto = _parse(raw, label)
+        digest = hashlib.sha256(raw).hexdigest()
+        base_dir = path.parent
+    else:
+        raise ModelLoadError(
+            f"cannot load a model from a {type(source).__name__}: "
+            "give a path, bytes or an onnx.ModelProto"
+        )
+    if not proto.HasField("graph") or (proto.ir_version == 0 and not proto.graph.node):
+        raise ModelLoadError(f"{label}: not an ONNX model (no graph and no IR version)")
+    if check:
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+            raise ModelLoadError(f"{label}: fails the ONNX checker: {first}") from None
+    base = Path(base_dir) if base_dir is not None else None
+    types = _inferred_types(proto, label)
+    opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in proto.opset_import}
+    ctx = _Ctx(label=label, base_dir=base, types=types, originals={})
+    _collect_initializers(proto.graph, ctx.originals)
+    graph = _graph_from_proto(proto.graph, {}, ctx, parent=None)
+    return Model(
+        graph=graph,
+        opset_imports=opsets,
+        ir_version=proto.ir_version,
+        producer_name=proto.producer_name,
+        producer_version=proto.producer_version,
+        model_version=proto.model_version,
+        domain=proto.domain,
+        doc_string=proto.doc_string,
+        metadata={p.key: p.value for p in proto.metadata_props},
+        functions=list(proto.functions),
+        path=path,
+        sha256=digest,
+    )
+
+
+def _parse(raw: bytes, label: str) -> onnx.ModelProto:
+    if not raw:
+        raise ModelLoadError(f"{label}: the file is empty")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(
+            f"{label}: not a valid ONNX protobuf ({len(raw)} bytes; truncated or corrupt?): {e}"
+        ) from None
+    return proto
+
+
+class _Ctx:
+    def __init__(self, label: str, base_dir: Path | None, types: dict, originals: dict) -> None:
+        self.label = label
+        self.base_dir = base_dir
+        self.types = types  # value name -> TypeProto, after shape inference
+        self.originals = originals  # initializer name -> original TensorProto (with data)
+
+
+def _collect_initializers(g: onnx.GraphProto, out: dict) -> None:
+    for t in g.initializer:
+        out.setdefault(t.name, t)
+    for n in g.node:
+        for a in n.attribute:
+            for sub in [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs):
+                _collect_initializers(sub, out)
+
+
+def _inferred_types(proto: onnx.ModelProto, label: str) -> dict[str, onnx.TypeProto]:
+    """Run ONNX shape inference on a weight-stripped copy; return name -> TypeProto."""
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    kept = []
+    for t in light.graph.initializer:
+        if _tensor_nbytes(t) > _STRIP_BYTES or t.data_location == TensorProto.EXTERNAL:
+            stub = TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+            stub.data_location = TensorProto.EXTERNAL
+            stub.external_data.add(key="location", value="stripped-for-shape-inference")
+            kept.append(stub)
+        else:
+            kept.append(t)
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(kept)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception as e:  # inference is advisory: the executor finds real shapes anyway
+        import warnings
+
+        warnings.warn(f"{label}: shape inference failed ({e}); continuing without it", stacklevel=3)
+        inferred = light
+    types: dict[str, onnx.TypeProto] = {}
+    _gather_types(inferred.graph, types)
+    return types
+
+
+def _gather_types(g: onnx.GraphProto, out: dict) -> None:
+    for vi in [*g.input, *g.value_info, *g.output]:
+        if vi.type.WhichOneof("value") is not None:
+            out[vi.name] = vi.type
+    for n in g.node:
+        for a in n.attribute:
+            for sub in [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs):
+                _gather_types(sub, out)
+
+
+def _tensor_nbytes(t: TensorProto) -> int:
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    dt = np_dtype(t.data_type)
+    return n * (dt.itemsize if dt is not None else 1)
+
+
+def _shape_of(tp: onnx.TypeProto | None) -> tuple[int, Any, Any]:
+    """(elem_type, shape, non-tensor type) of a TypeProto."""
+    if tp is None:
+        return 0, None, None
+    if tp.WhichOneof("value") != "tensor_type":
+        return 0, None, tp
+    tt = tp.tensor_type
+    if not tt.HasField("shape"):
+        return tt.elem_type, None, None
+    dims: list[Any] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tt.elem_type, tuple(dims), None
+
+
+def _new_value(name: str, ctx: _Ctx, declared: onnx.TypeProto | None = None) -> Value:
+    elem, shape, other = _shape_of(ctx.types.get(name) or declared)
+    if declared is not None and declared.WhichOneof("value") == "tensor_type" and elem == 0:
+        elem = declared.tensor_type.elem_type
+    return Value(name, elem, shape, type_proto=other)
+
+
+def tensor_to_array(t: TensorProto, base_dir: Path | None, label: str = "") -> np.ndarray:
+    """TensorProto -> numpy, memory-mapping external data and viewing raw bytes in place."""
+    dims = tuple(int(d) for d in t.dims)
+    dtype = np_dtype(t.data_type)
+    if t.data_location == TensorProto.EXTERNAL:
+        return _external_array(t, dims, dtype, base_dir, label)
+    if t.data_type in _PLAIN_TYPES and t.HasField("raw_data") and dtype is not None:
+        raw = t.raw_data
+        expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize if dims else dtype.itemsize
+        if len(raw) != expected:
+            raise ModelLoadError(
+                f"{label}: tensor {t.name!r} has {len(raw)} bytes of data but dims {list(dims)} "
+                f"of {dtype} need {expected}"
+            )
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+    if dtype is not None:
+        check_size(dims, dtype, f"tensor {t.name!r} in {label}")
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelLoadError(f"{label}: cannot read tensor {t.name!r}: {e}") from None
+
+
+def _external_array(
+    t: TensorProto, dims: tuple, dtype: np.dtype | None, base_dir: Path | None, label: str
+) -> np.ndarray:
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    where = f"{label}: tensor {t.name!r} (external data location {loc!r})"
+    if not loc:
+        raise ExternalDataError(f"{where}: no location given")
+    if os.path.isabs(loc) or Path(loc).is_absolute() or loc.startswith(("/", "\\")):
+        raise ExternalDataError(f"{where}: absolute locations are refused")
+    if ".." in Path(loc).parts:
+        raise ExternalDataError(f"{where}: locations leaving the model's folder ('..') are refused")
+    if base_dir is None:
+        raise ExternalDataError(f"{where}: the model was not loaded from a file; pass base_dir=")
+    file = (base_dir / loc).resolve()
+    if not file.is_relative_to(base_dir.resolve()):
+        raise ExternalDataError(f"{where}: resolves outside the model's folder, refused")
+    if not file.is_file():
+        raise ExternalDataError(f"{where}: file {file} not found")
+    if dtype is None or t.data_type not in _PLAIN_TYPES:
+        raise ExternalDataError(f"{where}: element type {t.data_type} is not supported externally")
+    offset = int(info.get("offset", 0))
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    nbytes = count * dtype.itemsize
+    if "length" in info and int(info["length"]) != nbytes:
+        raise ExternalDataError(
+            f"{where}: length {info['length']} does not match dims {list(dims)} of {dtype} "
+            f"({nbytes} bytes)"
+        )
+    size = file.stat().st_size
+    if offset + nbytes > size:
+        raise ExternalDataError(
+            f"{where}: needs bytes {offset}..{offset + nbytes} but {file.name} has {size}"
+        )
+    if count == 0:
+        return np.empty(dims, dtype)
+    # Read-only memory map: weights stay in the page cache, shared, never copied.
+    return np.memmap(file, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=dims)
+
+
+def _graph_from_proto(
+    gp: onnx.GraphProto, outer: dict[str, Value] | ChainMap, ctx: _Ctx, parent: Graph | None
+) -> Graph:
+    g = Graph(gp.name or "graph", parent=parent)
+    g.doc_string = gp.doc_string
+    local: dict[str, Value] = {}
+    scope = ChainMap(local, outer)
+    for t in gp.initializer:
+        original = ctx.originals.get(t.name, t)
+        arr = tensor_to_array(original, ctx.base_dir, ctx.label)
+        v = _new_value(t.name, ctx)
+        v.elem_type, v.shape, v.const = original.data_type, tuple(arr.shape), arr
+        local[t.name] = g.add_initializer(v)
+    for vi in gp.input:
+        if vi.name in local:  # an input with a default (initializer of the same name)
+            v = local[vi.name]
+            g.add_input(v)
+            continue
+        local[vi.name] = g.add_input(_new_value(vi.name, ctx, vi.type))
+    for np_ in gp.node:
+        inputs: list[Value | None] = []
+        for name in np_.input:
+            if not name:
+                inputs.append(None)
+                continue
+            if name not in scope:
+                raise ModelLoadError(
+                    f"{ctx.label}: node {np_.name or np_.op_type!r} ({np_.op_type}) reads "
+                    f"{name!r}, which nothing before it defines"
+                )
+            inputs.append(scope[name])
+        attrs, attr_types = _attrs_from_proto(np_, scope, ctx, g)
+        outputs = [_new_value(name, ctx) for name in np_.output]
+        node = Node(
+            np_.op_type,
+            inputs,
+            outputs,
+            attrs,
+            name=np_.name,
+            domain=np_.domain if np_.domain != "ai.onnx" else "",
+            attr_types=attr_types,
+        )
+        node.doc_string = np_.doc_string
+        g.append(node)
+        for v in outputs:
+            if v.name:
+                local[v.name] = v
+    for vi in gp.output:
+        if vi.name not in scope:
+            raise ModelLoadError(f"{ctx.label}: graph output {vi.name!r} is never produced")
+        v = scope[vi.name]
+        if not v.elem_type and vi.type.WhichOneof("value") == "tensor_type":
+            v.elem_type, shape, _ = _shape_of(vi.type)
+            v.shape = v.shape or shape
+        g.outputs.append(v)
+    for vi in gp.value_info:
+        if vi.name in local:
+            g.value_info[vi.name] = local[vi.name]
+    return g
+
+
+def _attrs_from_proto(
+    np_: onnx.NodeProto, scope: ChainMap, ctx: _Ctx, g: Graph
+) -> tuple[dict[str, Any], dict[str, int]]:
+    attrs: dict[str, Any] = {}
+    types: dict[str, int] = {}
+    for a in np_.attribute:
+        types[a.name] = a.type
+        if a.ref_attr_name:
+            attrs[a.name] = a  # only inside functions; kept verbatim
+        elif a.type == AttributeProto.GRAPH:
+            attrs[a.name] = _graph_from_proto(a.g, scope, ctx, parent=g)
+        elif a.type == AttributeProto.GRAPHS:
+            attrs[a.name] = [_graph_from_proto(s, scope, ctx, parent=g) for s in a.graphs]
+        elif a.type == AttributeProto.TENSOR:
+            attrs[a.name] = tensor_to_array(a.t, ctx.base_dir, ctx.label)
+        elif a.type == AttributeProto.TENSORS:
+            attrs[a.name] = [tensor_to_array(t, ctx.base_dir, ctx.label) for t in a.tensors]
+        elif a.type == AttributeProto.STRING:
+            attrs[a.name] = a.s.decode("utf-8", errors="replace")
+        elif a.type == AttributeProto.STRINGS:
+            attrs[a.name] = [s.decode("utf-8", errors="replace") for s in a.strings]
+        else:
+            attrs[a.name] = helper.get_attribute_value(a)
+    return attrs, types
+
+
+# -- back to ONNX ----------------------------------------------------------------------------
+
+
+def _type_proto(v: Value) -> onnx.TypeProto | None:
+    if v.type_proto is not None:
+        return v.type_proto
+    if not v.elem_type:
+        return None
+    shape = None if v.shape is None else [d if d is not None else None for d in v.shape]
+    return helper.make_tensor_type_proto(v.elem_type, shape)
+
+
+def _value_info(v: Value) -> onnx.ValueInfoProto:
+    tp = _type_proto(v)
+    if tp is None:
+        return helper.make_empty_tensor_value_info(v.name)
+    return helper.make_value_info(v.name, tp)
+
+
+def _attr_to_proto(name: str, value: Any, attr_type: int | None) -> AttributeProto:
+    if isinstance(value, AttributeProto):
+        return value
+    if isinstance(value, Graph):
+        return helper.make_attribute(name, graph_to_proto(value), attr_type=AttributeProto.GRAPH)
+    if isinstance(value, list) and value and isinstance(value[0], Graph):
+        return helper.make_attribute(name, [graph_to_proto(s) for s in value])
+    if isinstance(value, np.ndarray):
+        return helper.make_attribute(name, numpy_helper.from_array(np.asarray(value)))
+    if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+        return helper.make_attribute(name, [numpy_helper.from_array(t) for t in value])
+    return helper.make_attribute(name, value, attr_type=attr_type or None)
+
+
+def graph_to_proto(g: Graph) -> onnx.GraphProto:
+    nodes = []
+    for n in g.nodes:
+        proto = helper.make_node(
+            n.op_type,
+            [v.name if v is not None else "" for v in n.inputs],
+            [v.name for v in n.outputs],
+            name=n.name or None,
+            domain=n.domain or None,
+            doc_string=n.doc_string or None,
+        )
+        for k, val in n.attrs.items():
+            proto.attribute.append(_attr_to_proto(k, val, n.attr_types.get(k)))
+        nodes.append(proto)
+    inits = []
+    for v in g.initializers.values():
+        t = numpy_helper.from_array(np.ascontiguousarray(v.const), v.name)
+        if v.elem_type and t.data_type != v.elem_type:  # e.g. bfloat16 stored as uint16
+            t = helper.make_tensor(v.name, v.elem_type, v.const.shape, v.const.tobytes(), raw=True)
+        inits.append(t)
+    infos = [
+        _value_info(v)
+        for n in g.nodes
+        for v in n.outputs
+        if v.name and (v.elem_type or v.type_proto is not None) and v not in g.outputs
+    ]
+    gp = helper.make_graph(
+        nodes,
+        g.name,
+        [_value_info(v) for v in g.inputs],
+        [_value_info(v) for v in g.outputs],
+        initializer=inits,
+        value_info=infos,
+        doc_string=g.doc_string or None,
+    )
+    return gp
+
+
+def to_onnx(obj: Model | Graph, *, opset_imports: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Export a Model (or a bare Graph with `opset_imports`) to a checked `ModelProto`."""
+    if isinstance(obj, Graph):
+        if opset_imports is None:
+            raise ValueError("to_onnx(graph) needs opset_imports= (or pass the Model)")
+        model = Model(graph=obj, opset_imports=dict(opset_imports))
+    else:
+        model = obj
+    opsets = dict(model.opset_imports)
+    if opset_imports:
+        opsets.update(opset_imports)
+    for n in model.graph.walk():  # every domain used must be imported (custom ones at 1)
+        opsets.setdefault(n.domain, 1)
+    proto = helper.make_model(
+        graph_to_proto(model.graph),
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        ir_version=model.ir_version or onnx.IR_VERSION,
+        producer_name=model.producer_name or "workbench",
+        producer_version=model.producer_version,
+        doc_string=model.doc_string,
+        functions=model.functions,
+    )
+    proto.model_version = model.model_version
+    proto.domain = model.domain
+    for k, v in model.metadata.items():
+        proto.metadata_props.add(key=k, value=v)
+    return proto
+
+
+def save(
+    model: Model | onnx.ModelProto, path: str | os.PathLike, *, external_data: bool = False
+) -> Path:
+    """Write a model to `path`; with `external_data`, weights go to `<name>.data` beside it."""
+    proto = to_onnx(model) if isinstance(model, Model) else model
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data:
+        onnx.save_model(
+            proto,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(proto, path)
+    return path
+
+
+__all__ = ["load", "save", "tensor_to_array", "to_onnx"]

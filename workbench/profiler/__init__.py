@@ -1,0 +1,1 @@
+"""Per-kernel timing, memory and numeric diffs (built on the executor's plan)."""

@@ -1,0 +1,1 @@
+"""plotly figure builders: flat functions that read a Profile or a Graph."""

@@ -1,0 +1,1 @@
+"""ipywidgets/anywidget dashboards over models, profiles and comparisons."""
