@@ -42,7 +42,9 @@ class GraphBuilder:
         self.opset = opset
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        # Initializers are written straight into the final ModelProto: copying
+        # 440 MB of bert-base weights through make_graph/make_model costs seconds.
+        self.model = onnx.ModelProto()
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.value_info: list[onnx.ValueInfoProto] = []
@@ -131,7 +133,11 @@ class GraphBuilder:
         if name in self._param_names:
             raise ValueError(f"duplicate initializer name {name!r}")
         self._param_names.add(name)
-        self.initializers.append(numpy_helper.from_array(array, name))
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         return name
 
     def const(self, value: object, dtype: type = np.float32) -> str:
@@ -253,22 +259,27 @@ class GraphBuilder:
     def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
         return self.op("Unsqueeze", x, self.const(list(axes), np.int64))
 
+    def size(self, x: str, axis: int) -> str:
+        """``x.size(axis)`` at runtime, as an int64 scalar (Shape -> Gather)."""
+        return self.op("Gather", self.op("Shape", x), self.const(axis, np.int64), axis=0)
+
     # -- result --------------------------------------------------------------
 
     def build(self, *, doc: str, dims: dict[str, int]) -> onnx.ModelProto:
         """Assemble the model, recording default values of its symbolic dims."""
-        graph = helper.make_graph(
-            self.nodes,
-            self.name,
-            self.inputs,
-            self.outputs,
-            initializer=self.initializers,
-            value_info=self.value_info,
-        )
-        opset = helper.make_opsetid("", self.opset)
-        model = helper.make_model(graph, opset_imports=[opset], producer_name=PRODUCER, doc_string=doc)
+        model = self.model
+        graph = model.graph
+        graph.name = self.name
+        graph.node.extend(self.nodes)
+        graph.input.extend(self.inputs)
+        graph.output.extend(self.outputs)
+        graph.value_info.extend(self.value_info)
+        opset = model.opset_import.add()
+        opset.domain, opset.version = "", self.opset
         # The oldest IR version that carries this opset loads in the most runtimes.
         model.ir_version = helper.find_min_ir_version_for([opset], ignore_unknown=True)
+        model.producer_name = PRODUCER
+        model.doc_string = doc
         helper.set_model_props(model, {DIMS_KEY: json.dumps(dims)})
         return model
 

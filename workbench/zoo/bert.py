@@ -10,6 +10,7 @@ LayerNormalization node.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,7 +39,7 @@ def _embeddings(
         x = b.op("Add", words, token_types)
         # position_ids[:, :seq_len] of the registered arange buffer.
         buffer = b.param("position_ids", np.arange(max_positions, dtype=np.int64)[None])
-        seq_len = b.unsqueeze(b.op("Gather", b.op("Shape", ids), b.const(1, np.int64), axis=0), [0])
+        seq_len = b.unsqueeze(b.size(ids, 1), [0])
         zero, one = b.const([0], np.int64), b.const([1], np.int64)
         positions = b.op("Slice", buffer, zero, seq_len, one, one)
         b.annotate(positions, TensorProto.INT64, [1, "sequence"])
@@ -171,15 +172,15 @@ def bert(
     return b.build(doc=doc, dims=symbolic_dims((batch, 1), ("sequence", seq)))
 
 
-def bert_6l(**kwargs: object) -> onnx.ModelProto:
+def bert_6l(**kwargs: Any) -> onnx.ModelProto:
     """MiniLM-size BERT: 6 layers, hidden 384, 12 heads (intermediate 1536, ~22.7M parameters)."""
-    params: dict = {"layers": 6, "hidden": 384, "heads": 12, "name": "bert_6l", **kwargs}
+    params: dict[str, Any] = {"layers": 6, "hidden": 384, "heads": 12, "name": "bert_6l", **kwargs}
     return bert(**params)
 
 
-def tiny_bert(**kwargs: object) -> onnx.ModelProto:
+def tiny_bert(**kwargs: Any) -> onnx.ModelProto:
     """2 layers, hidden 32, 4 heads, seq 8, vocab 100, 16 positions: runs in well under a millisecond."""
-    params: dict = {
+    params: dict[str, Any] = {
         "layers": 2,
         "hidden": 32,
         "heads": 4,

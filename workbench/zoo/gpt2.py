@@ -19,11 +19,6 @@ from ._builder import FLOAT32_MIN, Dim, GraphBuilder, LayerNormStyle, check_opse
 CAUSAL_MASK = "causal_mask"
 
 
-def _last_dim(b: GraphBuilder, x: str, axis: int) -> str:
-    """``x.size(axis)`` as a 1-element int64 tensor, ready for Slice."""
-    return b.unsqueeze(b.op("Gather", b.op("Shape", x), b.const(axis, np.int64), axis=0), [0])
-
-
 def _attention(b: GraphBuilder, x: str, hidden: int, heads: int, layers: int) -> str:
     head_dim = hidden // heads
     with b.scope("c_attn"):
@@ -37,7 +32,7 @@ def _attention(b: GraphBuilder, x: str, hidden: int, heads: int, layers: int) ->
     scores = b.op("Div", b.op("MatMul", q, k), b.const(math.sqrt(head_dim)))
 
     # bias[:, :, key_len - query_len : key_len, :key_len], as HF slices its buffer.
-    query_len, key_len = _last_dim(b, q, 2), _last_dim(b, k, 3)
+    query_len, key_len = b.unsqueeze(b.size(q, 2), [0]), b.unsqueeze(b.size(k, 3), [0])
     zero = b.const([0], np.int64)
     causal = b.op("Slice", CAUSAL_MASK, b.op("Sub", key_len, query_len), key_len, b.const([2], np.int64))
     causal = b.op("Slice", causal, zero, key_len, b.const([3], np.int64))
@@ -99,11 +94,11 @@ def gpt2(
             wte = b.param("weight", b.normal((vocab, hidden), 0.02))
             x = b.op("Gather", wte, ids)
         # arange(0, seq_len).unsqueeze(0)
-        positions = b.op("Range", b.const(0, np.int64), _scalar_len(b, ids), b.const(1, np.int64))
+        positions = b.op("Range", b.const(0, np.int64), b.size(ids, 1), b.const(1, np.int64))
         b.annotate(positions, TensorProto.INT64, ["sequence"])
         positions = b.unsqueeze(positions, [0])
         with b.scope("wpe"):
-            x = b.op("Add", x, b.op("Gather", b.param("weight", b.normal((n_positions, hidden), 0.01)), positions))
+            x = b.op("Add", x, b.op("Gather", b.param("weight", b.normal((n_positions, hidden), 0.02)), positions))
         for i in range(layers):
             with b.scope(f"h.{i}"):
                 with b.scope("ln_1"):
@@ -133,11 +128,6 @@ def gpt2(
         f"weights (seed {seed}); built by workbench.zoo, no download."
     )
     return b.build(doc=doc, dims=symbolic_dims((batch, 1), ("sequence", seq)))
-
-
-def _scalar_len(b: GraphBuilder, ids: str) -> str:
-    """input_ids.size(-1) as a scalar, the Range limit."""
-    return b.op("Gather", b.op("Shape", ids), b.const(1, np.int64), axis=0)
 
 
 def tiny_gpt2(**kwargs: Any) -> onnx.ModelProto:

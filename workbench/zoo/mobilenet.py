@@ -6,6 +6,8 @@ block keeps stride 1 and its channel count.
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 from onnx import TensorProto
 
@@ -75,6 +77,7 @@ def mobilenet_v2(
     opset: int = 17,
     *,
     seed: int = 0,
+    name: str = "mobilenet_v2",
 ) -> onnx.ModelProto:
     """MobileNetV2 (~3.5M parameters at width 1.0).
 
@@ -82,8 +85,8 @@ def mobilenet_v2(
     ``width_mult`` scales every channel count as torchvision does (rounded to
     multiples of 8); the last conv keeps 1280 channels for ``width_mult <= 1``.
     """
-    check_opset(opset, 11, "mobilenet_v2 (Clip with min/max inputs)")
-    b = GraphBuilder("mobilenet_v2", opset=opset, seed=seed)
+    check_opset(opset, 11, f"{name} (Clip with min/max inputs)")
+    b = GraphBuilder(name, opset=opset, seed=seed)
     x = b.input("input", TensorProto.FLOAT, [batch, 3, image, image])
 
     channels = make_divisible(32 * width_mult)
@@ -111,15 +114,20 @@ def mobilenet_v2(
     b.output("output", TensorProto.FLOAT, [batch, num_classes])
 
     doc = (
-        f"mobilenet_v2: torchvision MobileNetV2 (width_mult {width_mult}), unfused "
+        f"{name}: torchvision MobileNetV2 (width_mult {width_mult}), unfused "
         f"Conv/BatchNormalization/Clip, {image}x{image} input, seeded random weights "
         f"(seed {seed}); built by workbench.zoo, no download."
     )
     return b.build(doc=doc, dims=symbolic_dims((batch, 1)))
 
 
-def tiny_mobilenet_v2(batch: Dim = "batch", *, seed: int = 0) -> onnx.ModelProto:
+def tiny_mobilenet_v2(**kwargs: Any) -> onnx.ModelProto:
     """MobileNetV2 at width 0.25 on 32x32 input with 10 classes: all 17 blocks, few channels."""
-    model = mobilenet_v2(batch, image=32, num_classes=10, width_mult=0.25, seed=seed)
-    model.graph.name = "tiny_mobilenet_v2"
-    return model
+    params: dict[str, Any] = {
+        "image": 32,
+        "num_classes": 10,
+        "width_mult": 0.25,
+        "name": "tiny_mobilenet_v2",
+        **kwargs,
+    }
+    return mobilenet_v2(**params)

@@ -8,7 +8,7 @@ Node and parameter names follow torchvision's module tree
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 from onnx import TensorProto
@@ -123,13 +123,14 @@ def resnet18(
     widths: Sequence[int] = (64, 128, 256, 512),
     blocks: Sequence[int] = (2, 2, 2, 2),
     seed: int = 0,
+    name: str = "resnet18",
 ) -> onnx.ModelProto:
     """ResNet-18 (basic blocks): input ``input`` [batch, 3, image, image] -> ``output`` [batch, num_classes].
 
     ``widths``/``blocks`` shrink or deepen it (the stem uses ``widths[0]``).
     """
     return _resnet(
-        "resnet18",
+        name,
         "basic",
         blocks=blocks,
         widths=widths,
@@ -150,13 +151,14 @@ def resnet50(
     widths: Sequence[int] = (64, 128, 256, 512),
     blocks: Sequence[int] = (3, 4, 6, 3),
     seed: int = 0,
+    name: str = "resnet50",
 ) -> onnx.ModelProto:
     """ResNet-50 (bottleneck blocks, expansion 4, ~25.6M parameters).
 
     Input ``input`` [batch, 3, image, image] -> ``output`` [batch, num_classes].
     """
     return _resnet(
-        "resnet50",
+        name,
         "bottleneck",
         blocks=blocks,
         widths=widths,
@@ -168,8 +170,14 @@ def resnet50(
     )
 
 
-def tiny_resnet(batch: Dim = "batch", *, seed: int = 0) -> onnx.ModelProto:
+def tiny_resnet(**kwargs: Any) -> onnx.ModelProto:
     """A resnet18-shaped net with one basic block per stage, 8..64 channels, 32x32 input, 10 classes."""
-    model = resnet18(batch, image=32, num_classes=10, widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1), seed=seed)
-    model.graph.name = "tiny_resnet"
-    return model
+    params: dict[str, Any] = {
+        "image": 32,
+        "num_classes": 10,
+        "widths": (8, 16, 32, 64),
+        "blocks": (1, 1, 1, 1),
+        "name": "tiny_resnet",
+        **kwargs,
+    }
+    return resnet18(**params)

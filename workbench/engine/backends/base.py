@@ -174,7 +174,8 @@ class Backend:
         run = spec.factory(node, ctx)
         if run is None:
             return None
-        return Kernel(run, self.name, node.op_type, spec.algorithm, source=spec.source)
+        algorithm = getattr(run, "algorithm", spec.algorithm)  # a factory may choose per node
+        return Kernel(run, self.name, node.op_type, algorithm, source=spec.source)
 
     def __repr__(self) -> str:
         return f"<backend {self.name} on {self.device}>"
