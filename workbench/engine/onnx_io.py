@@ -82,14 +82,15 @@ def load(
         )
     if not proto.HasField("graph") or (proto.ir_version == 0 and not proto.graph.node):
         raise ModelLoadError(f"{label}: not an ONNX model (no graph and no IR version)")
+    base = Path(base_dir) if base_dir is not None else None
+    light = _strip_weights(proto)
     if check:
         try:
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(light)
         except onnx.checker.ValidationError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
             raise ModelLoadError(f"{label}: fails the ONNX checker: {first}") from None
-    base = Path(base_dir) if base_dir is not None else None
-    types = _inferred_types(proto, label)
+    types = _inferred_types(light, label)
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in proto.opset_import}
     ctx = _Ctx(label=label, base_dir=base, types=types, originals={})
     _collect_initializers(proto.graph, ctx.originals)
@@ -140,21 +141,42 @@ def _collect_initializers(g: onnx.GraphProto, out: dict) -> None:
                 _collect_initializers(sub, out)
 
 
-def _inferred_types(proto: onnx.ModelProto, label: str) -> dict[str, onnx.TypeProto]:
-    """Run ONNX shape inference on a weight-stripped copy; return name -> TypeProto."""
+def _strip_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` whose large initializers are replaced by typed graph inputs.
+
+    The checker and shape inference serialize the whole model; they need the weights'
+    dims, not their bytes (the bytes are checked against the dims when converted).
+    Small initializers stay, since shape inference reads their values (Reshape shapes).
+    """
     light = onnx.ModelProto()
-    light.CopyFrom(proto)
-    kept = []
-    for t in light.graph.initializer:
-        if _tensor_nbytes(t) > _STRIP_BYTES or t.data_location == TensorProto.EXTERNAL:
-            stub = TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
-            stub.data_location = TensorProto.EXTERNAL
-            stub.external_data.add(key="location", value="stripped-for-shape-inference")
-            kept.append(stub)
+    _copy_fields(proto, light, skip="graph")
+    graph = proto.graph
+    _copy_fields(graph, light.graph, skip="initializer")
+    declared = {vi.name for vi in graph.input}
+    for t in graph.initializer:
+        if t.ByteSize() > _STRIP_BYTES or t.data_location == TensorProto.EXTERNAL:
+            # A typed graph input stands in for the weight: same name, type and dims.
+            if t.name not in declared:
+                light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
         else:
-            kept.append(t)
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(kept)
+            light.graph.initializer.add().CopyFrom(t)
+    return light
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _inferred_types(light: onnx.ModelProto, label: str) -> dict[str, onnx.TypeProto]:
+    """Run ONNX shape inference on the weight-stripped model; return name -> TypeProto."""
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is advisory: the executor finds real shapes anyway
@@ -175,14 +197,6 @@ def _gather_types(g: onnx.GraphProto, out: dict) -> None:
         for a in n.attribute:
             for sub in [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs):
                 _gather_types(sub, out)
-
-
-def _tensor_nbytes(t: TensorProto) -> int:
-    if t.HasField("raw_data"):
-        return len(t.raw_data)
-    n = int(np.prod(t.dims)) if len(t.dims) else 1
-    dt = np_dtype(t.data_type)
-    return n * (dt.itemsize if dt is not None else 1)
 
 
 def _shape_of(tp: onnx.TypeProto | None) -> tuple[int, Any, Any]:

@@ -60,7 +60,9 @@ def get(name: str, **kwargs: Any) -> onnx.ModelProto:
     try:
         builder = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown zoo model {name!r}; known models: {', '.join(names())}") from None
+        raise ValueError(
+            f"unknown zoo model {name!r}; known models: {', '.join(names())}"
+        ) from None
     return builder(**kwargs)
 
 

@@ -30,6 +30,10 @@ LayerNormStyle = Literal["decomposed", "fused"]
 
 PRODUCER = "workbench.zoo"
 DIMS_KEY = "workbench.dims"
+# BN gamma at the end of a residual branch. Trained ResNets/MobileNets end
+# their branches with small gammas (torchvision even offers zero_init_residual);
+# gamma ~1 would grow the activations at every residual Add through 16 blocks.
+RESIDUAL_GAMMA = 0.5
 # torch.finfo(torch.float32).min, the mask value HF models use since 4.2x.
 FLOAT32_MIN = float(np.finfo(np.float32).min)
 
@@ -63,7 +67,7 @@ class GraphBuilder:
         added to parameter names (defaults to ``name``; ``""`` adds none).
         The exporter shows a Sequential child as ``layer1.0`` in node names
         while its parameters read ``layer1.0.conv1.weight``, hence
-        ``scope("layer1.0", "0")`` inside ``scope("layer1")``.
+        ``scope("layer1.0", "0")`` inside ``scope("layer1")``; see :meth:`child`.
         """
         self._scope.append((name, name if param is None else param))
         try:
@@ -137,7 +141,8 @@ class GraphBuilder:
         tensor.name = name
         tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
         tensor.dims.extend(array.shape)
-        tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        # raw_data is little-endian by the ONNX spec.
+        tensor.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
         return name
 
     def const(self, value: object, dtype: type = np.float32) -> str:
@@ -217,7 +222,9 @@ class GraphBuilder:
         bias = self.param("bias", self.normal((fout,), 0.01))
         return self.op("Gemm", x, weight, bias, alpha=1.0, beta=1.0, transB=1, out=out)
 
-    def linear(self, x: str, fin: int, fout: int, *, std: float = 0.02, out: str | None = None) -> str:
+    def linear(
+        self, x: str, fin: int, fout: int, *, std: float = 0.02, out: str | None = None
+    ) -> str:
         """nn.Linear on an N-D input: MatMul + Add.
 
         The weight is stored [in, out], as the exporter stores the transposed
@@ -255,6 +262,27 @@ class GraphBuilder:
         std = self.op("Sqrt", self.op("Add", var, self.const(eps)))
         normed = self.op("Div", centered, std)
         return self.op("Add", self.op("Mul", normed, gamma), beta, out=out)
+
+    def embedding(self, ids: str, num: int, dim: int) -> str:
+        """nn.Embedding: Gather rows of a [num, dim] table (HF init, std 0.02)."""
+        return self.op("Gather", self.param("weight", self.normal((num, dim), 0.02)), ids)
+
+    def split_heads(self, x: str, hidden: int, heads: int, *, keys: bool = False) -> str:
+        """[batch, seq, hidden] -> [batch, heads, seq, head_dim].
+
+        Keys go straight to [batch, heads, head_dim, seq]: the exporter merges
+        the permute with the later ``transpose(-1, -2)``. The Reshape target
+        [0, 0, heads, head_dim] copies batch and seq (0 = keep that dim), as
+        exporters write it, so both stay symbolic under shape inference.
+        """
+        shape = self.const([0, 0, heads, hidden // heads], np.int64)
+        perm = [0, 2, 3, 1] if keys else [0, 2, 1, 3]
+        return self.op("Transpose", self.op("Reshape", x, shape), perm=perm)
+
+    def merge_heads(self, x: str, hidden: int) -> str:
+        """[batch, heads, seq, head_dim] -> [batch, seq, hidden]."""
+        x = self.op("Transpose", x, perm=[0, 2, 1, 3])
+        return self.op("Reshape", x, self.const([0, 0, hidden], np.int64))
 
     def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
         return self.op("Unsqueeze", x, self.const(list(axes), np.int64))
@@ -298,13 +326,37 @@ def check_opset(opset: int, minimum: int, what: str) -> None:
         raise ValueError(f"{what} needs opset >= {minimum}, got {opset}")
 
 
+def check_transformer(
+    name: str,
+    *,
+    opset: int,
+    layernorm: LayerNormStyle,
+    hidden: int,
+    heads: int,
+    seq: int,
+    positions: tuple[str, int],
+) -> None:
+    """Reject arguments a transformer builder cannot honour, before any weight is drawn."""
+    # Unsqueeze and Split take their axes/sizes as inputs from opset 13 on.
+    check_opset(opset, 13, name)
+    if layernorm == "fused":
+        check_opset(opset, 17, f"{name} with layernorm='fused'")
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} is not divisible by heads {heads}")
+    limit_name, limit = positions
+    if not 0 < seq <= limit:
+        raise ValueError(f"seq {seq} must be in 1..{limit_name} ({limit})")
+
+
 __all__ = [
     "DIMS_KEY",
     "FLOAT32_MIN",
     "PRODUCER",
+    "RESIDUAL_GAMMA",
     "Dim",
     "GraphBuilder",
     "LayerNormStyle",
     "check_opset",
+    "check_transformer",
     "symbolic_dims",
 ]

@@ -16,7 +16,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ._builder import FLOAT32_MIN, Dim, GraphBuilder, LayerNormStyle, check_opset, symbolic_dims
+from ._builder import (
+    FLOAT32_MIN,
+    Dim,
+    GraphBuilder,
+    LayerNormStyle,
+    check_transformer,
+    symbolic_dims,
+)
 
 
 def _embeddings(
@@ -33,10 +40,9 @@ def _embeddings(
 ) -> str:
     with b.scope("embeddings"):
         with b.scope("word_embeddings"):
-            words = b.op("Gather", b.param("weight", b.normal((vocab, hidden), 0.02)), ids)
+            words = b.embedding(ids, vocab, hidden)
         with b.scope("token_type_embeddings"):
-            token_types = b.op("Gather", b.param("weight", b.normal((type_vocab, hidden), 0.02)), types)
-        x = b.op("Add", words, token_types)
+            x = b.op("Add", words, b.embedding(types, type_vocab, hidden))
         # position_ids[:, :seq_len] of the registered arange buffer.
         buffer = b.param("position_ids", np.arange(max_positions, dtype=np.int64)[None])
         seq_len = b.unsqueeze(b.size(ids, 1), [0])
@@ -44,7 +50,7 @@ def _embeddings(
         positions = b.op("Slice", buffer, zero, seq_len, one, one)
         b.annotate(positions, TensorProto.INT64, [1, "sequence"])
         with b.scope("position_embeddings"):
-            x = b.op("Add", x, b.op("Gather", b.param("weight", b.normal((max_positions, hidden), 0.02)), positions))
+            x = b.op("Add", x, b.embedding(positions, max_positions, hidden))
         with b.scope("LayerNorm"):
             return b.layernorm(x, hidden, eps=eps, style=layernorm)
 
@@ -57,22 +63,17 @@ def _extended_mask(b: GraphBuilder, mask: str) -> str:
 
 
 def _self_attention(b: GraphBuilder, x: str, mask: str, hidden: int, heads: int) -> str:
-    head_dim = hidden // heads
     with b.scope("self"):
         projections = {}
         for name in ("query", "key", "value"):
             with b.scope(name):
                 projections[name] = b.linear(x, hidden, hidden)
-        # Reshape with 0 (copy dim) keeps batch/sequence symbolic, as exporters do.
-        split_heads = b.const([0, 0, heads, head_dim], np.int64)
-        q = b.op("Transpose", b.op("Reshape", projections["query"], split_heads), perm=[0, 2, 1, 3])
-        # K goes straight to [batch, heads, head_dim, seq]: permute + transpose(-1, -2) fused.
-        k = b.op("Transpose", b.op("Reshape", projections["key"], split_heads), perm=[0, 2, 3, 1])
-        v = b.op("Transpose", b.op("Reshape", projections["value"], split_heads), perm=[0, 2, 1, 3])
-        scores = b.op("Div", b.op("MatMul", q, k), b.const(math.sqrt(head_dim)))
+        q = b.split_heads(projections["query"], hidden, heads)
+        k = b.split_heads(projections["key"], hidden, heads, keys=True)
+        v = b.split_heads(projections["value"], hidden, heads)
+        scores = b.op("Div", b.op("MatMul", q, k), b.const(math.sqrt(hidden // heads)))
         probs = b.op("Softmax", b.op("Add", scores, mask), axis=-1)
-        context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
-        return b.op("Reshape", context, b.const([0, 0, hidden], np.int64))
+        return b.merge_heads(b.op("MatMul", probs, v), hidden)
 
 
 def _gelu_erf(b: GraphBuilder, x: str) -> str:
@@ -82,7 +83,14 @@ def _gelu_erf(b: GraphBuilder, x: str) -> str:
 
 
 def _output(
-    b: GraphBuilder, x: str, residual: str, fin: int, hidden: int, eps: float, style: LayerNormStyle, out: str | None
+    b: GraphBuilder,
+    x: str,
+    residual: str,
+    fin: int,
+    hidden: int,
+    eps: float,
+    style: LayerNormStyle,
+    out: str | None,
 ) -> str:
     """BertSelfOutput / BertOutput: dense, residual Add, LayerNorm."""
     with b.scope("dense"):
@@ -118,13 +126,15 @@ def bert(
     ``"decomposed"`` (ReduceMean ... Add, as exported below opset 17) or
     ``"fused"`` (LayerNormalization, opset >= 17).
     """
-    check_opset(opset, 13, name)
-    if layernorm == "fused":
-        check_opset(opset, 17, f"{name} with layernorm='fused'")
-    if hidden % heads:
-        raise ValueError(f"hidden {hidden} is not divisible by heads {heads}")
-    if not 0 < seq <= max_positions:
-        raise ValueError(f"seq {seq} must be in 1..max_positions ({max_positions})")
+    check_transformer(
+        name,
+        opset=opset,
+        layernorm=layernorm,
+        hidden=hidden,
+        heads=heads,
+        seq=seq,
+        positions=("max_positions", max_positions),
+    )
     intermediate = 4 * hidden if intermediate is None else intermediate
 
     b = GraphBuilder(name, opset=opset, seed=seed)
@@ -173,21 +183,11 @@ def bert(
 
 
 def bert_6l(**kwargs: Any) -> onnx.ModelProto:
-    """MiniLM-size BERT: 6 layers, hidden 384, 12 heads (intermediate 1536, ~22.7M parameters)."""
-    params: dict[str, Any] = {"layers": 6, "hidden": 384, "heads": 12, "name": "bert_6l", **kwargs}
-    return bert(**params)
+    """MiniLM-size BERT: 6 layers, hidden 384, 12 heads (intermediate 1536, ~22.6M parameters)."""
+    return bert(**{"layers": 6, "hidden": 384, "heads": 12, "name": "bert_6l", **kwargs})
 
 
 def tiny_bert(**kwargs: Any) -> onnx.ModelProto:
-    """2 layers, hidden 32, 4 heads, seq 8, vocab 100, 16 positions: runs in well under a millisecond."""
-    params: dict[str, Any] = {
-        "layers": 2,
-        "hidden": 32,
-        "heads": 4,
-        "seq": 8,
-        "vocab": 100,
-        "max_positions": 16,
-        "name": "tiny_bert",
-        **kwargs,
-    }
-    return bert(**params)
+    """2 layers, hidden 32, 4 heads, seq 8, vocab 100, 16 positions: runs in under a millisecond."""
+    tiny = {"layers": 2, "hidden": 32, "heads": 4, "seq": 8, "vocab": 100, "max_positions": 16}
+    return bert(**{**tiny, "name": "tiny_bert", **kwargs})

@@ -14,34 +14,42 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ._builder import FLOAT32_MIN, Dim, GraphBuilder, LayerNormStyle, check_opset, symbolic_dims
+from ._builder import (
+    FLOAT32_MIN,
+    Dim,
+    GraphBuilder,
+    LayerNormStyle,
+    check_transformer,
+    symbolic_dims,
+)
 
 CAUSAL_MASK = "causal_mask"
 
 
 def _attention(b: GraphBuilder, x: str, hidden: int, heads: int, layers: int) -> str:
-    head_dim = hidden // heads
     with b.scope("c_attn"):
         qkv = b.linear(x, hidden, 3 * hidden)
     # split(hidden, dim=2): Split takes the sizes as an input since opset 13.
     q, k, v = b.op_n("Split", qkv, b.const([hidden] * 3, np.int64), n_out=3, axis=2)
-    split_heads = b.const([0, 0, heads, head_dim], np.int64)
-    q = b.op("Transpose", b.op("Reshape", q, split_heads), perm=[0, 2, 1, 3])
-    k = b.op("Transpose", b.op("Reshape", k, split_heads), perm=[0, 2, 3, 1])
-    v = b.op("Transpose", b.op("Reshape", v, split_heads), perm=[0, 2, 1, 3])
-    scores = b.op("Div", b.op("MatMul", q, k), b.const(math.sqrt(head_dim)))
+    q, k, v = (
+        b.split_heads(q, hidden, heads),
+        b.split_heads(k, hidden, heads, keys=True),
+        b.split_heads(v, hidden, heads),
+    )
+    scores = b.op("Div", b.op("MatMul", q, k), b.const(math.sqrt(hidden // heads)))
 
     # bias[:, :, key_len - query_len : key_len, :key_len], as HF slices its buffer.
     query_len, key_len = b.unsqueeze(b.size(q, 2), [0]), b.unsqueeze(b.size(k, 3), [0])
     zero = b.const([0], np.int64)
-    causal = b.op("Slice", CAUSAL_MASK, b.op("Sub", key_len, query_len), key_len, b.const([2], np.int64))
+    causal = b.op(
+        "Slice", CAUSAL_MASK, b.op("Sub", key_len, query_len), key_len, b.const([2], np.int64)
+    )
     causal = b.op("Slice", causal, zero, key_len, b.const([3], np.int64))
     b.annotate(causal, TensorProto.BOOL, [1, 1, "sequence", "sequence"])
     scores = b.op("Where", causal, scores, b.const(FLOAT32_MIN))
 
     probs = b.op("Softmax", scores, axis=-1)
-    context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
-    context = b.op("Reshape", context, b.const([0, 0, hidden], np.int64))
+    context = b.merge_heads(b.op("MatMul", probs, v), hidden)
     with b.scope("c_proj"):
         # HF scales residual projections by 1/sqrt(2 * n_layer) at init.
         return b.linear(context, hidden, hidden, std=0.02 / math.sqrt(2 * layers))
@@ -76,13 +84,15 @@ def gpt2(
     [batch, sequence, vocab]. ``seq`` is the default recorded for the
     symbolic ``sequence`` dim (at most ``n_positions``).
     """
-    check_opset(opset, 13, name)
-    if layernorm == "fused":
-        check_opset(opset, 17, f"{name} with layernorm='fused'")
-    if hidden % heads:
-        raise ValueError(f"hidden {hidden} is not divisible by heads {heads}")
-    if not 0 < seq <= n_positions:
-        raise ValueError(f"seq {seq} must be in 1..n_positions ({n_positions})")
+    check_transformer(
+        name,
+        opset=opset,
+        layernorm=layernorm,
+        hidden=hidden,
+        heads=heads,
+        seq=seq,
+        positions=("n_positions", n_positions),
+    )
 
     b = GraphBuilder(name, opset=opset, seed=seed)
     ids = b.input("input_ids", TensorProto.INT64, [batch, "sequence"])
@@ -91,14 +101,14 @@ def gpt2(
 
     with b.scope("transformer"):
         with b.scope("wte"):
-            wte = b.param("weight", b.normal((vocab, hidden), 0.02))
-            x = b.op("Gather", wte, ids)
+            x = b.embedding(ids, vocab, hidden)
+            wte = b.param_name("weight")  # tied to lm_head below
         # arange(0, seq_len).unsqueeze(0)
         positions = b.op("Range", b.const(0, np.int64), b.size(ids, 1), b.const(1, np.int64))
         b.annotate(positions, TensorProto.INT64, ["sequence"])
         positions = b.unsqueeze(positions, [0])
         with b.scope("wpe"):
-            x = b.op("Add", x, b.op("Gather", b.param("weight", b.normal((n_positions, hidden), 0.02)), positions))
+            x = b.op("Add", x, b.embedding(positions, n_positions, hidden))
         for i in range(layers):
             with b.scope(f"h.{i}"):
                 with b.scope("ln_1"):
@@ -132,14 +142,5 @@ def gpt2(
 
 def tiny_gpt2(**kwargs: Any) -> onnx.ModelProto:
     """2 layers, hidden 32, 4 heads, seq 8, vocab 100, 16 positions."""
-    params: dict[str, Any] = {
-        "layers": 2,
-        "hidden": 32,
-        "heads": 4,
-        "seq": 8,
-        "vocab": 100,
-        "n_positions": 16,
-        "name": "tiny_gpt2",
-        **kwargs,
-    }
-    return gpt2(**params)
+    tiny = {"layers": 2, "hidden": 32, "heads": 4, "seq": 8, "vocab": 100, "n_positions": 16}
+    return gpt2(**{**tiny, "name": "tiny_gpt2", **kwargs})

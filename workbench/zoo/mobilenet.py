@@ -1,4 +1,4 @@
-"""torchvision MobileNetV2 as ``torch.onnx.export`` emits it, unfused:
+"""torchvision MobileNetV2, unfused (see resnet.py for why):
 Conv -> BatchNormalization -> Clip(0, 6) for every ReLU6, depthwise 3x3 convs
 with ``group == channels``, linear 1x1 projections, and residual Adds where a
 block keeps stride 1 and its channel count.
@@ -11,7 +11,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-from ._builder import Dim, GraphBuilder, check_opset, symbolic_dims
+from ._builder import RESIDUAL_GAMMA, Dim, GraphBuilder, check_opset, symbolic_dims
 
 # torchvision's inverted_residual_setting: expand ratio t, channels c, repeats n, stride s.
 SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -23,9 +23,6 @@ SETTINGS: tuple[tuple[int, int, int, int], ...] = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-# As in resnet.py: the BN after the linear projection, which feeds the residual
-# Add, gets a small gamma so the 10 residual sums do not grow the activations.
-RESIDUAL_GAMMA = 0.5
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -36,7 +33,9 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
-def _conv_bn_relu6(b: GraphBuilder, x: str, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> str:
+def _conv_bn_relu6(
+    b: GraphBuilder, x: str, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1
+) -> str:
     """torchvision's Conv2dNormActivation: children 0 (Conv), 1 (BN), 2 (ReLU6).
 
     Call inside the scope of the Conv2dNormActivation itself (e.g. ``features.0``).
@@ -50,7 +49,9 @@ def _conv_bn_relu6(b: GraphBuilder, x: str, cin: int, cout: int, kernel: int, st
         return b.op("Clip", x, b.const(0.0), b.const(6.0))
 
 
-def _inverted_residual(b: GraphBuilder, x: str, cin: int, cout: int, stride: int, expand: int) -> str:
+def _inverted_residual(
+    b: GraphBuilder, x: str, cin: int, cout: int, stride: int, expand: int
+) -> str:
     hidden = round(cin * expand)
     with b.scope("conv"):
         out, index = x, 0
@@ -100,7 +101,9 @@ def mobilenet_v2(
             for i in range(repeats):
                 index += 1
                 with b.child(index):
-                    x = _inverted_residual(b, x, channels, cout, first_stride if i == 0 else 1, expand)
+                    x = _inverted_residual(
+                        b, x, channels, cout, first_stride if i == 0 else 1, expand
+                    )
                 channels = cout
         index += 1
         with b.child(index):
@@ -123,11 +126,5 @@ def mobilenet_v2(
 
 def tiny_mobilenet_v2(**kwargs: Any) -> onnx.ModelProto:
     """MobileNetV2 at width 0.25 on 32x32 input with 10 classes: all 17 blocks, few channels."""
-    params: dict[str, Any] = {
-        "image": 32,
-        "num_classes": 10,
-        "width_mult": 0.25,
-        "name": "tiny_mobilenet_v2",
-        **kwargs,
-    }
-    return mobilenet_v2(**params)
+    tiny = {"image": 32, "num_classes": 10, "width_mult": 0.25}
+    return mobilenet_v2(**{**tiny, "name": "tiny_mobilenet_v2", **kwargs})

@@ -1,5 +1,8 @@
-"""torchvision ResNets, unfused, as ``torch.onnx.export`` emits them in eval mode
-without constant folding: Conv (no bias) -> BatchNormalization -> Relu.
+"""torchvision ResNets, unfused: Conv (no bias) -> BatchNormalization -> Relu.
+
+That is what ``torch.onnx.export`` writes for an eval-mode model with
+``training=TrainingMode.PRESERVE``; the default export folds each BN into its
+Conv, which is exactly the rewrite the workbench's passes should get to do.
 
 Node and parameter names follow torchvision's module tree
 (``/layer1/layer1.0/conv1/Conv``, ``layer1.0.bn1.running_var``).
@@ -13,18 +16,22 @@ from typing import Any, Literal
 import onnx
 from onnx import TensorProto
 
-from ._builder import Dim, GraphBuilder, check_opset, symbolic_dims
+from ._builder import RESIDUAL_GAMMA, Dim, GraphBuilder, check_opset, symbolic_dims
 
 BlockKind = Literal["basic", "bottleneck"]
 EXPANSION = {"basic": 1, "bottleneck": 4}
-# Trained ResNets end each residual branch with a small BN gamma (torchvision
-# even offers zero_init_residual); a full gamma would double the activation
-# variance at every block and blow up through resnet50's 16 blocks.
-RESIDUAL_GAMMA = 0.5
 
 
 def _conv_bn(
-    b: GraphBuilder, x: str, cin: int, cout: int, kernel: int, stride: int, index: int, *, last: bool = False
+    b: GraphBuilder,
+    x: str,
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int,
+    index: int,
+    *,
+    last: bool = False,
 ) -> str:
     """``conv{index}`` then ``bn{index}``, as named inside torchvision blocks.
 
@@ -62,9 +69,7 @@ def _block(b: GraphBuilder, x: str, kind: BlockKind, cin: int, width: int, strid
 
 
 def _resnet(
-    arch: str,
     kind: BlockKind,
-    *,
     blocks: Sequence[int],
     widths: Sequence[int],
     batch: Dim,
@@ -72,6 +77,7 @@ def _resnet(
     num_classes: int,
     opset: int,
     seed: int,
+    arch: str,
 ) -> onnx.ModelProto:
     check_opset(opset, 9, arch)
     if len(blocks) != len(widths):
@@ -86,7 +92,15 @@ def _resnet(
         x = b.batchnorm(x, stem)
     x = _relu(b, x)
     with b.scope("maxpool"):
-        x = b.op("MaxPool", x, ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+        x = b.op(
+            "MaxPool",
+            x,
+            ceil_mode=0,
+            dilations=[1, 1],
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[2, 2],
+        )
 
     channels = stem
     for stage, (count, width) in enumerate(zip(blocks, widths, strict=True), start=1):
@@ -125,21 +139,12 @@ def resnet18(
     seed: int = 0,
     name: str = "resnet18",
 ) -> onnx.ModelProto:
-    """ResNet-18 (basic blocks): input ``input`` [batch, 3, image, image] -> ``output`` [batch, num_classes].
+    """ResNet-18 (basic blocks, ~11.7M parameters).
 
+    Input ``input`` [batch, 3, image, image] -> ``output`` [batch, num_classes].
     ``widths``/``blocks`` shrink or deepen it (the stem uses ``widths[0]``).
     """
-    return _resnet(
-        name,
-        "basic",
-        blocks=blocks,
-        widths=widths,
-        batch=batch,
-        image=image,
-        num_classes=num_classes,
-        opset=opset,
-        seed=seed,
-    )
+    return _resnet("basic", blocks, widths, batch, image, num_classes, opset, seed, name)
 
 
 def resnet50(
@@ -157,27 +162,10 @@ def resnet50(
 
     Input ``input`` [batch, 3, image, image] -> ``output`` [batch, num_classes].
     """
-    return _resnet(
-        name,
-        "bottleneck",
-        blocks=blocks,
-        widths=widths,
-        batch=batch,
-        image=image,
-        num_classes=num_classes,
-        opset=opset,
-        seed=seed,
-    )
+    return _resnet("bottleneck", blocks, widths, batch, image, num_classes, opset, seed, name)
 
 
 def tiny_resnet(**kwargs: Any) -> onnx.ModelProto:
-    """A resnet18-shaped net with one basic block per stage, 8..64 channels, 32x32 input, 10 classes."""
-    params: dict[str, Any] = {
-        "image": 32,
-        "num_classes": 10,
-        "widths": (8, 16, 32, 64),
-        "blocks": (1, 1, 1, 1),
-        "name": "tiny_resnet",
-        **kwargs,
-    }
-    return resnet18(**params)
+    """resnet18-shaped: one basic block per stage, 8..64 channels, 32x32 input, 10 classes."""
+    tiny = {"image": 32, "num_classes": 10, "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
+    return resnet18(**{**tiny, "name": "tiny_resnet", **kwargs})

@@ -1,0 +1,106 @@
+"""Shared settings and helpers of the x86 compute kernels: the one `njit` they all use,
+the float32 checks their factories make, and a scratch buffer reused between calls.
+
+Numba compiles each function lazily on first call and caches the machine code on disk
+(NUMBA_CACHE_DIR is set by `workbench` before numba is imported), so only the first
+process on a machine pays the compile time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import TYPE_CHECKING
+
+import numba
+import numpy as np
+
+from ...memory_guard import check_size
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ...ir import Node
+
+# error_model="numpy": a 0/0 in a window made only of padding gives NaN as in numpy, and
+# integer divisions skip the zero checks. fastmath stays off so sums keep their order.
+njit = functools.partial(numba.njit, cache=True, fastmath=False, nogil=True, error_model="numpy")
+
+F32 = np.dtype(np.float32)
+
+
+def input_dtype(node: Node, index: int = 0) -> np.dtype | None:
+    """The dtype shape inference gave input `index`, or None when unknown or absent."""
+    if index >= len(node.inputs) or node.inputs[index] is None:
+        return None
+    return node.inputs[index].dtype
+
+
+def declines_dtype(node: Node, index: int = 0) -> bool:
+    """True when input `index` is known not to be float32: the x86 kernels are fp32 ones."""
+    dt = input_dtype(node, index)
+    return dt is not None and dt != F32
+
+
+def const_input(node: Node, index: int) -> np.ndarray | None:
+    """The constant (initializer) data of input `index`, or None."""
+    if index >= len(node.inputs) or node.inputs[index] is None:
+        return None
+    return node.inputs[index].const
+
+
+def has_input(node: Node, index: int) -> bool:
+    return index < len(node.inputs) and node.inputs[index] is not None
+
+
+def wants_output(node: Node, index: int) -> bool:
+    """Whether output `index` exists and is named (so somebody may read it)."""
+    return index < len(node.outputs) and bool(node.outputs[index].name)
+
+
+def static_shape(node: Node, index: int) -> tuple[int, ...] | None:
+    """The fully known shape of input `index` (constants included), else None."""
+    c = const_input(node, index)
+    if c is not None:
+        return tuple(c.shape)
+    if not has_input(node, index):
+        return None
+    shape = node.inputs[index].shape
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    return tuple(shape)
+
+
+def all_f32(*arrays: np.ndarray | None) -> bool:
+    """Whether every given array is float32 (None entries are skipped)."""
+    return all(a is None or a.dtype == F32 for a in arrays)
+
+
+def f32c(a: np.ndarray) -> np.ndarray:
+    """`a` as a C-contiguous float32 array (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+_local = threading.local()
+_SCRATCH_KEEP = 16 << 20  # elements (64 MiB): larger work arrays are not kept
+
+
+def scratch(shape: Sequence[int], what: str) -> np.ndarray:
+    """A float32 work array of `shape`, reused by every kernel running on this thread.
+
+    Kernels run one at a time per thread and never return it, so one buffer (as large as
+    the largest request so far) serves all of them; a fresh np.empty of a few MB per call
+    costs page faults that show in small convolutions.
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if n > _SCRATCH_KEEP:
+        # too big to keep around between calls: a one-off buffer
+        check_size(shape, np.float32, what)
+        return np.empty(shape, np.float32)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, np.float32)
+        _local.buf = buf
+    return buf[:n].reshape(shape)

@@ -1,0 +1,348 @@
+"""Activation x86 kernels: Relu and its relatives, Clip, Sigmoid/Tanh, the hard variants,
+Erf and Gelu, Softmax/LogSoftmax, Elu, Selu, Softplus and Mish.
+
+Most are a few numpy ufunc passes with `out=` into one fresh buffer. Two use numba: Erf and
+exact Gelu (numpy has no erf; `math.erf` in a compiled loop is libm's, correctly rounded
+for float32) and Softmax/LogSoftmax over the last axis (one row at a time while it is in
+cache, exponentials and sums in float64).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from ._table import kernels
+from .ops_elementwise import FLOATS, NUMBERS, as_array, const_input, dtypes_ok, has_input
+
+if TYPE_CHECKING:
+    from ...ir import Node
+    from ..base import CompileContext, KernelFn
+
+_NUMBA_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# -- numba kernels ----------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _erf_loop(x, out, gelu):  # pragma: no cover - compiled
+    """out = erf(x), or exact Gelu 0.5 x (1 + erf(x / sqrt 2)); 1-D contiguous arrays."""
+    for i in range(x.size):
+        v = float(x[i])
+        if gelu:
+            out[i] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+        else:
+            out[i] = math.erf(v)
+
+
+@njit(cache=True)
+def _softmax_rows(x, out, log):  # pragma: no cover - compiled
+    """Softmax (or LogSoftmax) of each row of a C-contiguous 2-D array, max-shifted."""
+    rows, n = x.shape
+    for i in range(rows):
+        m = -np.inf
+        for j in range(n):
+            if x[i, j] > m:
+                m = x[i, j]
+        s = 0.0
+        if log:
+            for j in range(n):
+                s += math.exp(x[i, j] - m)
+            shift = m + math.log(s)
+            for j in range(n):
+                out[i, j] = x[i, j] - shift
+        else:
+            for j in range(n):
+                e = math.exp(x[i, j] - m)
+                out[i, j] = e
+                s += e
+            inv = 1.0 / s
+            for j in range(n):
+                out[i, j] = out[i, j] * inv
+
+
+def _lift0(run: KernelFn) -> KernelFn:
+    """Run a 0-d input as shape (1,): ufuncs on 0-d arrays return scalars, which `out=`
+    cannot take; the kernels below can then always write in place."""
+
+    def wrapped(x):
+        if x.ndim == 0:
+            return tuple(o.reshape(()) for o in run(x.reshape(1)))
+        return run(x)
+
+    return wrapped
+
+
+# -- Relu family ------------------------------------------------------------------------------
+
+
+@kernels.register("Relu", since=1)
+def relu(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, "if"):
+        return None
+
+    def run(x):
+        return (as_array(np.maximum(x, x.dtype.type(0))),)
+
+    return run
+
+
+@kernels.register("LeakyRelu", since=1)
+def leaky_relu(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+    alpha = float(node.attrs.get("alpha", 0.01))
+    # for alpha <= 1, max(x, alpha x) is x for x > 0 and alpha x below: one buffer, two passes
+    pick = np.maximum if alpha <= 1.0 else np.minimum
+
+    def run(x):
+        y = np.multiply(x, alpha)
+        pick(x, y, out=y)
+        return (y,)
+
+    return _lift0(run)
+
+
+@kernels.register("PRelu", since=1)
+def prelu(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, NUMBERS):
+        return None
+
+    def run(x, slope):
+        y = np.multiply(x, slope)
+        if y.shape == x.shape and y.dtype == x.dtype and y.ndim:
+            np.copyto(y, x, where=x >= 0)
+            return (y,)
+        return (as_array(np.where(x < 0, y, x).astype(x.dtype, copy=False)),)
+
+    return run
+
+
+@kernels.register("Clip", since=1)
+def clip(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Clip: min/max attributes before opset 11, optional scalar inputs from 11 on.
+
+    When min > max every value becomes max (numpy's clip order gives exactly that)."""
+    if not dtypes_ok(node, NUMBERS):
+        return None
+    if ctx.opset < 11:
+        lo = node.attrs.get("min")
+        hi = node.attrs.get("max")
+        bounds = (None if lo is None else float(lo), None if hi is None else float(hi))
+
+        def run_attrs(x):
+            return (_clip(x, *bounds),)
+
+        return run_attrs
+    lo_c, hi_c = const_input(node, 1), const_input(node, 2)
+    lo_fixed, hi_fixed = _scalar(lo_c), _scalar(hi_c)
+
+    def run(x, lo=None, hi=None):
+        a = lo_fixed if lo_c is not None else _scalar(lo)
+        b = hi_fixed if hi_c is not None else _scalar(hi)
+        return (_clip(x, a, b),)
+
+    return run
+
+
+def _scalar(a: np.ndarray | None):
+    """A bound given as a tensor (scalar or [1]); empty or absent means no bound."""
+    return None if a is None or a.size == 0 else a.reshape(-1)[0]
+
+
+def _clip(x: np.ndarray, lo, hi) -> np.ndarray:
+    if lo is None and hi is None:
+        return x.copy()
+    # bounds in x's own dtype: a float64 scalar would promote a float32 result
+    lo = None if lo is None else x.dtype.type(lo)
+    hi = None if hi is None else x.dtype.type(hi)
+    return as_array(np.clip(x, lo, hi))
+
+
+# -- smooth activations ------------------------------------------------------------------------
+
+
+@kernels.register("Sigmoid", since=1)
+def sigmoid(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+
+    def run(x):
+        y = np.negative(x)
+        with np.errstate(over="ignore"):  # exp(-x) -> inf gives the right 0
+            np.exp(y, out=y)
+        y += 1
+        np.reciprocal(y, out=y)
+        return (y,)
+
+    return _lift0(run)
+
+
+@kernels.register("Tanh", since=1)
+def tanh(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+
+    def run(x):
+        return (as_array(np.tanh(x)),)
+
+    return run
+
+
+@kernels.register(["HardSigmoid", "HardSwish"], since=1)
+def hard_sigmoid(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+    swish = node.op_type == "HardSwish"
+    alpha = 1.0 / 6.0 if swish else float(node.attrs.get("alpha", 0.2))
+    beta = 0.5 if swish else float(node.attrs.get("beta", 0.5))
+
+    def run(x):
+        y = np.multiply(x, alpha)
+        y += beta
+        np.clip(y, 0, 1, out=y)
+        if swish:
+            y *= x
+        return (y,)
+
+    return _lift0(run)
+
+
+@kernels.register("Erf", since=9)
+def erf(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+    return _erf_kernel(gelu=False)
+
+
+@kernels.register("Gelu", since=20)
+def gelu(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+    approximate = node.attrs.get("approximate", "none")
+    if approximate == "none":
+        return _erf_kernel(gelu=True)
+    if approximate != "tanh":
+        return None
+    c = math.sqrt(2.0 / math.pi)
+
+    def run(x):
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        y = np.multiply(x, x)
+        y *= 0.044715
+        y += 1
+        y *= x
+        y *= c
+        np.tanh(y, out=y)
+        y += 1
+        y *= x
+        y *= 0.5
+        return (y,)
+
+    return _lift0(run)
+
+
+def _erf_kernel(gelu: bool) -> KernelFn:
+    def run(x):
+        work = x if x.dtype in _NUMBA_FLOATS else x.astype(np.float32)
+        work = np.ascontiguousarray(work)
+        y = np.empty_like(work)
+        _erf_loop(work.reshape(-1), y.reshape(-1), gelu)
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+@kernels.register(["Elu", "Selu"], since=1)
+def elu(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Elu and Selu: max(x, 0) + alpha expm1(min(x, 0)), Selu scaled by gamma."""
+    if not dtypes_ok(node, FLOATS):
+        return None
+    if node.op_type == "Selu":
+        alpha = float(node.attrs.get("alpha", 1.67326319217681884765625))
+        gamma = float(node.attrs.get("gamma", 1.05070102214813232421875))
+    else:
+        alpha, gamma = float(node.attrs.get("alpha", 1.0)), 1.0
+
+    def run(x):
+        y = np.minimum(x, 0)
+        neg = np.expm1(y)
+        neg *= alpha
+        np.maximum(x, 0, out=y)
+        y += neg
+        if gamma != 1.0:
+            y *= gamma
+        return (y,)
+
+    return _lift0(run)
+
+
+@kernels.register(["Softplus", "Mish"], since=1)
+def softplus(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if not dtypes_ok(node, FLOATS):
+        return None
+    mish = node.op_type == "Mish"
+
+    def run(x):
+        # log(1 + exp(x)) without the overflow for large x
+        y = np.logaddexp(x, 0)
+        if mish:
+            np.tanh(y, out=y)
+            y *= x
+        return (y,)
+
+    return _lift0(run)
+
+
+# -- Softmax ----------------------------------------------------------------------------------
+
+
+@kernels.register(["Softmax", "LogSoftmax"], since=1)
+def softmax(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Before opset 13 the input is coerced to 2-D at `axis` (default 1) and each row is
+    normalized; from 13 on it is normalized along `axis` (default -1) alone."""
+    if not dtypes_ok(node, FLOATS):
+        return None
+    log = node.op_type == "LogSoftmax"
+    coerce = ctx.opset < 13
+    axis_attr = int(node.attrs.get("axis", 1 if coerce else -1))
+
+    def run(x):
+        if x.ndim == 0:
+            return (np.full((), 0.0 if log else 1.0, dtype=x.dtype),)
+        axis = axis_attr + x.ndim if axis_attr < 0 else axis_attr
+        if coerce:
+            rows = math.prod(x.shape[:axis])
+            return (_rows(x.reshape(rows, -1) if x.size else x, log).reshape(x.shape),)
+        if axis == x.ndim - 1:
+            return (_rows(x.reshape(-1, x.shape[-1]) if x.size else x, log).reshape(x.shape),)
+        return (_softmax_numpy(x, axis, log),)
+
+    return run
+
+
+def _rows(x2: np.ndarray, log: bool) -> np.ndarray:
+    if x2.size == 0:
+        return x2.copy()
+    if x2.dtype not in _NUMBA_FLOATS:
+        return _softmax_numpy(x2, -1, log)
+    x2 = np.ascontiguousarray(x2)
+    y = np.empty_like(x2)
+    _softmax_rows(x2, y, log)
+    return y
+
+
+def _softmax_numpy(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
+    """Along one inner axis, or for float16 (computed in float32)."""
+    w = x.astype(np.float32) if x.dtype == np.float16 else x
+    y = np.subtract(w, np.max(w, axis=axis, keepdims=True))
+    if log:
+        y -= np.log(np.sum(np.exp(y), axis=axis, keepdims=True))
+    else:
+        np.exp(y, out=y)
+        y /= np.sum(y, axis=axis, keepdims=True)
+    return y.astype(x.dtype, copy=False)

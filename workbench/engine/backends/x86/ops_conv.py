@@ -1,0 +1,496 @@
+"""x86 Conv and ConvTranspose: fp32, 1-D and 2-D through numba packing plus BLAS GEMM.
+
+Conv picks one algorithm per node from its static attributes and weight shape and
+records it as `run.algorithm`:
+
+- ``gemm_1x1``: 1x1 kernel, stride 1, no padding; the input already is the GEMM operand.
+- ``depthwise``: one input channel per group; a direct numba loop (GEMM would be K=k*k).
+- ``im2col_gemm``: numba packs the windows into columns, one GEMM per image.
+- ``grouped_im2col_gemm``: the same columns, one GEMM per group (a stacked matmul).
+- ``generic``: 3-D and higher, or non-float32 tensors at run time: numpy windows.
+
+ConvTranspose is a GEMM (weights^T x input) followed by a numba col2im scatter-add
+(``gemm_col2im``). 1-D tensors run as 2-D ones of height 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...memory_guard import check_size
+from ..common import conv_out_size, conv_pads
+from ._numba import all_f32, const_input, declines_dtype, f32c, njit, scratch, static_shape
+from ._table import kernels
+
+if TYPE_CHECKING:
+    from ...ir import Node
+    from ..base import CompileContext
+
+
+# -- numba kernels ----------------------------------------------------------------------------
+@njit(inline="always")
+def _valid_range(off, stride, limit, count):
+    """[lo, hi): the q in [0, count) with 0 <= q * stride + off < limit."""
+    lo = 0
+    if off < 0:
+        lo = (-off + stride - 1) // stride
+    hi = 0
+    if limit - off > 0:
+        hi = (limit - off + stride - 1) // stride
+    lo = min(lo, count)
+    hi = max(min(hi, count), lo)
+    return lo, hi
+
+
+@njit
+def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
+    """Columns of one image: col[(c, i, j), (p, q)] = x[c, p*sh - pt + i*dh, q*sw - pl + j*dw]."""
+    nc, h, w = x.shape
+    for c in range(nc):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                off = j * dw - pl
+                lo, hi = _valid_range(off, sw, w, ow)
+                for p in range(oh):
+                    ih = p * sh - pt + i * dh
+                    base = p * ow
+                    if ih < 0 or ih >= h:
+                        for q in range(ow):
+                            col[row, base + q] = 0.0
+                        continue
+                    for q in range(lo):
+                        col[row, base + q] = 0.0
+                    src = lo * sw + off
+                    for q in range(lo, hi):
+                        col[row, base + q] = x[c, ih, src]
+                        src += sw
+                    for q in range(hi, ow):
+                        col[row, base + q] = 0.0
+
+
+@njit
+def _depthwise(x, w, b, mult, sh, sw, dh, dw, pt, pl, y):
+    """Direct convolution where output channel m reads input channel m // mult only."""
+    nb, _, h, wd = x.shape
+    _, nm, oh, ow = y.shape
+    kh, kw = w.shape[1], w.shape[2]
+    for n in range(nb):
+        for m in range(nm):
+            c = m // mult
+            for p in range(oh):
+                for q in range(ow):
+                    y[n, m, p, q] = b[m]
+            for i in range(kh):
+                for j in range(kw):
+                    wv = w[m, i, j]
+                    off = j * dw - pl
+                    lo, hi = _valid_range(off, sw, wd, ow)
+                    for p in range(oh):
+                        ih = p * sh - pt + i * dh
+                        if ih < 0 or ih >= h:
+                            continue
+                        src = lo * sw + off
+                        for q in range(lo, hi):
+                            y[n, m, p, q] += wv * x[n, c, ih, src]
+                            src += sw
+
+
+@njit
+def _col2im(col, kh, kw, h, w, sh, sw, dh, dw, pt, pl, y):
+    """Scatter-add col[(m, i, j), (r, q)] into y[m, r*sh - pt + i*dh, q*sw - pl + j*dw]."""
+    nm, oh, ow = y.shape
+    for m in range(nm):
+        for i in range(kh):
+            for j in range(kw):
+                row = (m * kh + i) * kw + j
+                off = j * dw - pl
+                lo, hi = _valid_range(off, sw, ow, w)
+                for r in range(h):
+                    o = r * sh - pt + i * dh
+                    if o < 0 or o >= oh:
+                        continue
+                    dst = lo * sw + off
+                    base = r * w
+                    for q in range(lo, hi):
+                        y[m, o, dst] += col[row, base + q]
+                        dst += sw
+
+
+# -- attribute helpers --------------------------------------------------------------------------
+def _ints(value: Any, n: int, default: int) -> list[int]:
+    return [int(v) for v in value] if value else [default] * n
+
+
+def _choose(kernel: Sequence[int], strides: Sequence[int], pads_zero: bool, group: int, cg: int):
+    """The Conv algorithm for a weight of `kernel` x `cg` input channels per group."""
+    if len(kernel) > 2:
+        return "generic"
+    if cg == 1 and group > 1:
+        return "depthwise"
+    if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and pads_zero:
+        return "gemm_1x1"
+    return "im2col_gemm" if group == 1 else "grouped_im2col_gemm"
+
+
+class _ConvGeom:
+    """One input/weight shape pair of a Conv, normalized to 2-D (height 1 for 1-D)."""
+
+    __slots__ = (
+        "algorithm",
+        "c",
+        "cg",
+        "dh",
+        "dilations",
+        "dw",
+        "group",
+        "h",
+        "kernel",
+        "kh",
+        "kw",
+        "m",
+        "n",
+        "nsp",
+        "oh",
+        "out",
+        "ow",
+        "pads",
+        "pl",
+        "pt",
+        "sh",
+        "strides",
+        "sw",
+        "w",
+    )
+
+    def __init__(self, xs: tuple[int, ...], ws: tuple[int, ...], attrs: dict, group: int):
+        if len(xs) < 3:
+            raise ValueError(f"Conv input must have rank >= 3 (N, C, ...), got shape {list(xs)}")
+        nsp = len(xs) - 2
+        if len(ws) != len(xs):
+            raise ValueError(f"Conv weight rank {len(ws)} != input rank {len(xs)}")
+        kernel = list(attrs.get("kernel_shape") or ws[2:])
+        if len(kernel) != nsp or tuple(kernel) != tuple(ws[2:]):
+            raise ValueError(f"Conv kernel_shape {kernel} does not match weight shape {list(ws)}")
+        n, c = xs[0], xs[1]
+        m, cg = ws[0], ws[1]
+        if cg * group != c:
+            raise ValueError(
+                f"Conv input has {c} channels but weight {list(ws)} with group={group} "
+                f"expects {cg * group}"
+            )
+        if m % group:
+            raise ValueError(f"Conv output channels {m} not divisible by group {group}")
+        strides = _ints(attrs.get("strides"), nsp, 1)
+        dil = _ints(attrs.get("dilations"), nsp, 1)
+        pads = conv_pads(
+            xs[2:], kernel, strides, dil, attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
+        )
+        out = [
+            conv_out_size(xs[2 + i], kernel[i], strides[i], dil[i], pads[i], pads[i + nsp])
+            for i in range(nsp)
+        ]
+        if any(o < 1 for o in out):
+            raise ValueError(
+                f"Conv output would be empty: input {list(xs)}, kernel {kernel}, pads {pads}"
+            )
+        self.n, self.c, self.m, self.cg, self.group, self.nsp = n, c, m, cg, group, nsp
+        self.kernel, self.strides, self.dilations, self.pads, self.out = (
+            kernel,
+            strides,
+            dil,
+            pads,
+            out,
+        )
+        self.algorithm = _choose(kernel, strides, not any(pads), group, cg)
+        if nsp <= 2:
+            pad2 = [0] * (2 - nsp)
+            one = [1] * (2 - nsp)
+            self.h, self.w = ([1] * (2 - nsp) + list(xs[2:]))[-2:]
+            self.kh, self.kw = (one + kernel)[-2:]
+            self.sh, self.sw = (one + strides)[-2:]
+            self.dh, self.dw = (one + dil)[-2:]
+            self.pt, self.pl = (pad2 + pads[:nsp])[-2:]
+            self.oh, self.ow = (one + out)[-2:]
+
+
+def _geom_cache(make: Callable[[tuple, tuple], Any]) -> Callable[[tuple, tuple], Any]:
+    cache: dict[tuple, Any] = {}
+
+    def get(xs: tuple, ws: tuple) -> Any:
+        key = (xs, ws)
+        g = cache.get(key)
+        if g is None:
+            g = make(xs, ws)
+            if len(cache) < 64:  # a model sees few shapes; don't grow without bound
+                cache[key] = g
+        return g
+
+    return get
+
+
+# -- generic numpy paths (N-d, any float dtype) ------------------------------------------------
+def _windows(xp: np.ndarray, kernel, strides, dil) -> np.ndarray:
+    """Strided view (N, C, *out, *k) of the padded input `xp`."""
+    nsp = len(kernel)
+    span = [(kernel[i] - 1) * dil[i] + 1 for i in range(nsp)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nsp)))
+    sl = (slice(None), slice(None))
+    sl += tuple(slice(None, None, s) for s in strides) + tuple(slice(None, None, d) for d in dil)
+    return win[sl]
+
+
+def _conv_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvGeom):
+    nsp = g.nsp
+    pads = g.pads
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nsp]) for i in range(nsp)])
+    win = _windows(xp, g.kernel, g.strides, g.dilations)
+    dt = np.result_type(x, w)
+    mg = g.m // g.group
+    y = np.empty((g.n, g.m, *g.out), dtype=dt)
+    red = [1, *range(2 + nsp, 2 + 2 * nsp)]  # channel and kernel axes of the windows
+    for k in range(g.group):
+        wk = w[k * mg : (k + 1) * mg]
+        part = np.tensordot(win[:, k * g.cg : (k + 1) * g.cg], wk, axes=(red, [1, *range(2, 2 + nsp)]))
+        y[:, k * mg : (k + 1) * mg] = np.moveaxis(part, -1, 1)  # (N, *out, Mg) -> (N, Mg, *out)
+    if b is not None:
+        y += b.reshape((1, g.m) + (1,) * nsp)
+    return y.astype(x.dtype, copy=False)
+
+
+# -- Conv -------------------------------------------------------------------------------------
+def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, w3: np.ndarray, b: np.ndarray | None):
+    """float32 Conv of geometry `g`; `wg` is (G, Mg, Cg*kh*kw), `w3` is (M, kh, kw)."""
+    shape = (g.n, g.m, g.oh, g.ow)
+    check_size(shape, np.float32, "Conv output")
+    y = np.empty(shape, np.float32)
+    x4 = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
+    alg = g.algorithm
+    if alg == "depthwise":
+        bias = b if b is not None else np.zeros(g.m, np.float32)
+        _depthwise(x4, w3, bias, g.m // g.group, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, y)
+        return y
+    p = g.oh * g.ow
+    if alg == "gemm_1x1":
+        if g.group == 1:
+            np.matmul(wg[0], x4.reshape(g.n, g.c, p), out=y.reshape(g.n, g.m, p))
+        else:
+            xg = x4.reshape(g.n, g.group, g.cg, p)
+            np.matmul(wg, xg, out=y.reshape(g.n, g.group, g.m // g.group, p))
+    else:
+        kk = g.cg * g.kh * g.kw
+        col = scratch((g.c * g.kh * g.kw, p), "Conv im2col buffer")
+        for n in range(g.n):
+            _im2col(x4[n], g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, col)
+            if g.group == 1:
+                np.matmul(wg[0], col, out=y[n].reshape(g.m, p))
+            else:
+                out = y[n].reshape(g.group, g.m // g.group, p)
+                np.matmul(wg, col.reshape(g.group, kk, p), out=out)
+    if b is not None:
+        y += b.reshape(1, g.m, 1, 1)
+    return y
+
+
+def _pack_conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """(G, Mg, Cg*k) for the GEMMs and (M, kh, kw) for the depthwise loop."""
+    w = f32c(w)
+    m = w.shape[0]
+    wg = w.reshape(group, m // group, -1)
+    k = w.shape[2:]
+    w3 = w.reshape(m, *([1] * (2 - len(k)) + list(k))[-2:]) if w.shape[1] == 1 and k else w
+    return wg, w3
+
+
+@kernels.register("Conv", since=1)
+def conv(node: Node, ctx: CompileContext) -> Callable | None:
+    if declines_dtype(node) or declines_dtype(node, 1):
+        return None
+    attrs = dict(node.attrs)
+    group = int(attrs.get("group", 1))
+    w_const = const_input(node, 1)
+    b_const = const_input(node, 2)
+    ws = static_shape(node, 1)
+    packed = None
+    if w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4):
+        packed = _pack_conv_weight(w_const, group)
+    bias = f32c(b_const) if b_const is not None and b_const.dtype == np.float32 else None
+
+    geom = _geom_cache(lambda xs, ws_: _ConvGeom(xs, ws_, attrs, group))
+
+    def run(x, w, b=None):
+        g = geom(x.shape, w.shape)
+        if g.algorithm == "generic" or not all_f32(x, w, b):
+            return (_conv_generic(x, w, b, g),)
+        if b is not None and b.shape != (g.m,):
+            raise ValueError(f"Conv bias shape {list(b.shape)} != [{g.m}]")
+        wg, w3 = packed if packed is not None else _pack_conv_weight(w, group)
+        bb = bias if bias is not None else b
+        y = _conv_f32(g, x, wg, w3, bb)
+        return (y.reshape(g.n, g.m, *g.out),)
+
+    # The algorithm depends only on static facts; say which one when they are known.
+    kernel = attrs.get("kernel_shape") or (ws[2:] if ws else None)
+    run.algorithm = "auto"
+    if kernel is not None and ws is not None:
+        nsp = len(kernel)
+        strides = _ints(attrs.get("strides"), nsp, 1)
+        auto_pad = attrs.get("auto_pad", "NOTSET")
+        pads_zero = auto_pad != "NOTSET" or not any(attrs.get("pads") or [0])
+        run.algorithm = _choose(kernel, strides, pads_zero, group, ws[1])
+    return run
+
+
+# -- ConvTranspose ----------------------------------------------------------------------------
+class _ConvTGeom:
+    """Shapes of one ConvTranspose call, normalized to 2-D."""
+
+    __slots__ = ("c", "cg", "dil", "group", "kernel", "m", "mg", "n", "nsp", "out", "pads")
+    __slots__ += ("h", "w", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "oh", "ow")
+    __slots__ += ("strides",)
+
+    def __init__(self, xs: tuple[int, ...], ws: tuple[int, ...], attrs: dict, group: int):
+        if len(xs) < 3 or len(ws) != len(xs):
+            raise ValueError(
+                f"ConvTranspose input {list(xs)} and weight {list(ws)} must have equal rank >= 3"
+            )
+        nsp = len(xs) - 2
+        n, c = xs[0], xs[1]
+        if ws[0] != c or c % group:
+            raise ValueError(
+                f"ConvTranspose input has {c} channels; weight {list(ws)} with group={group} "
+                f"expects {ws[0]} (a multiple of group)"
+            )
+        kernel = list(attrs.get("kernel_shape") or ws[2:])
+        if tuple(kernel) != tuple(ws[2:]):
+            raise ValueError(f"ConvTranspose kernel_shape {kernel} != weight {list(ws)}")
+        strides = _ints(attrs.get("strides"), nsp, 1)
+        dil = _ints(attrs.get("dilations"), nsp, 1)
+        opad = _ints(attrs.get("output_padding"), nsp, 0)
+        auto_pad = attrs.get("auto_pad", "NOTSET")
+        out_attr = attrs.get("output_shape")
+        ins = xs[2:]
+        full = [
+            strides[i] * (ins[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(nsp)
+        ]
+        if out_attr or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            # The spec's rule: pads follow from the requested output size; SAME_UPPER puts
+            # the odd pad at the end, everything else at the beginning.
+            out = (
+                [int(v) for v in out_attr][-nsp:]
+                if out_attr
+                else [ins[i] * strides[i] for i in range(nsp)]
+            )
+            total = [full[i] - out[i] for i in range(nsp)]
+            if auto_pad == "SAME_UPPER":
+                pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+            else:
+                pads = [t - t // 2 for t in total] + [t // 2 for t in total]
+        else:
+            pads = [0] * (2 * nsp)
+            if auto_pad != "VALID" and attrs.get("pads"):
+                pads = [int(p) for p in attrs["pads"]]
+            out = [full[i] - pads[i] - pads[i + nsp] for i in range(nsp)]
+        if any(o < 1 for o in out):
+            raise ValueError(f"ConvTranspose output would be empty: {out} (input {list(xs)})")
+        self.n, self.c, self.group, self.cg, self.nsp = n, c, group, c // group, nsp
+        self.mg = ws[1]
+        self.m = ws[1] * group
+        self.kernel, self.strides, self.dil, self.pads, self.out = kernel, strides, dil, pads, out
+        if nsp <= 2:
+            one, zero = [1] * (2 - nsp), [0] * (2 - nsp)
+            self.h, self.w = (one + list(ins))[-2:]
+            self.kh, self.kw = (one + kernel)[-2:]
+            self.sh, self.sw = (one + strides)[-2:]
+            self.dh, self.dw = (one + dil)[-2:]
+            self.pt, self.pl = (zero + pads[:nsp])[-2:]
+            self.oh, self.ow = (one + out)[-2:]
+
+
+def _convt_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvTGeom):
+    """N-d ConvTranspose in numpy: one strided add per kernel offset, then crop/pad."""
+    nsp = g.nsp
+    dt = np.result_type(x, w)
+    ins = x.shape[2:]
+    span = [g.strides[i] * (ins[i] - 1) + 1 for i in range(nsp)]  # one kernel tap's reach
+    reach = [span[i] + (g.kernel[i] - 1) * g.dil[i] for i in range(nsp)]
+    # room for the output however its pads crop or extend the full result
+    lo = [min(0, g.pads[i]) for i in range(nsp)]
+    size = [max(reach[i], g.pads[i] + g.out[i]) - lo[i] for i in range(nsp)]
+    check_size((g.n, g.m, *size), dt, "ConvTranspose output")
+    acc = np.zeros((g.n, g.m, *size), dtype=dt)
+    xg = x.reshape(g.n, g.group, g.cg, *ins)
+    wg = w.reshape(g.group, g.cg, g.mg, *g.kernel)
+    for kidx in np.ndindex(*g.kernel):
+        # (N, G, Cg, *in) x (G, Cg, Mg) -> (N, G, Mg, *in)
+        wk = wg[(slice(None), slice(None), slice(None), *kidx)]
+        part = np.einsum("ngc...,gcm->ngm...", xg, wk)
+        start = [kidx[i] * g.dil[i] - lo[i] for i in range(nsp)]
+        sl = tuple(slice(start[i], start[i] + span[i], g.strides[i]) for i in range(nsp))
+        acc[(slice(None), slice(None), *sl)] += part.reshape(g.n, g.m, *ins)
+    crop = tuple(slice(g.pads[i] - lo[i], g.pads[i] - lo[i] + g.out[i]) for i in range(nsp))
+    y = acc[(slice(None), slice(None), *crop)]
+    if b is not None:
+        y = y + b.reshape((1, g.m) + (1,) * nsp)
+    return np.ascontiguousarray(y).astype(x.dtype, copy=False)
+
+
+def _pack_convt_weight(w: np.ndarray, group: int) -> np.ndarray:
+    """(C, Mg, *k) -> (G, Mg*k, Cg): each group's transposed GEMM operand."""
+    w = f32c(w)
+    c = w.shape[0]
+    return np.ascontiguousarray(w.reshape(group, c // group, -1).transpose(0, 2, 1))
+
+
+def _convt_f32(g: _ConvTGeom, x: np.ndarray, wt: np.ndarray, b: np.ndarray | None):
+    shape = (g.n, g.m, g.oh, g.ow)
+    check_size(shape, np.float32, "ConvTranspose output")
+    y = np.empty(shape, np.float32)
+    x4 = np.ascontiguousarray(x).reshape(g.n, g.c, g.h * g.w)
+    mk = g.mg * g.kh * g.kw
+    p = g.h * g.w
+    col = scratch((g.group * mk, p), "ConvTranspose column buffer")
+    for n in range(g.n):
+        if g.group == 1:
+            np.matmul(wt[0], x4[n], out=col)
+        else:
+            np.matmul(wt, x4[n].reshape(g.group, g.cg, p), out=col.reshape(g.group, mk, p))
+        yn = y[n]
+        if b is not None:
+            yn[...] = b.reshape(g.m, 1, 1)
+        else:
+            yn.fill(0.0)
+        _col2im(col, g.kh, g.kw, g.h, g.w, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, yn)
+    return y
+
+
+@kernels.register("ConvTranspose", since=1)
+def conv_transpose(node: Node, ctx: CompileContext) -> Callable | None:
+    if declines_dtype(node) or declines_dtype(node, 1):
+        return None
+    attrs = dict(node.attrs)
+    group = int(attrs.get("group", 1))
+    w_const = const_input(node, 1)
+    b_const = const_input(node, 2)
+    packed = None
+    if w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4):
+        packed = _pack_convt_weight(w_const, group)
+    bias = f32c(b_const) if b_const is not None and b_const.dtype == np.float32 else None
+    geom = _geom_cache(lambda xs, ws: _ConvTGeom(xs, ws, attrs, group))
+
+    def run(x, w, b=None):
+        g = geom(x.shape, w.shape)
+        if b is not None and b.shape != (g.m,):
+            raise ValueError(f"ConvTranspose bias shape {list(b.shape)} != [{g.m}]")
+        if g.nsp > 2 or not all_f32(x, w, b):
+            return (_convt_generic(x, w, b, g),)
+        wt = packed if packed is not None else _pack_convt_weight(w, group)
+        y = _convt_f32(g, x, wt, bias if bias is not None else b)
+        return (y.reshape(g.n, g.m, *g.out),)
+
+    ws = static_shape(node, 1)
+    run.algorithm = "gemm_col2im" if ws is None or len(ws) <= 4 else "generic"
+    return run
