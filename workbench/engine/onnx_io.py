@@ -42,6 +42,38 @@ _PLAIN_TYPES = {
     TensorProto.BOOL,
 }
 
+# Element types packed several to a byte: their raw_data length is not count * itemsize.
+_SUB_BYTE_TYPES = {
+    getattr(TensorProto, n)
+    for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(TensorProto, n)
+}
+
+# Where a tensor without raw_data keeps its values, and how many per element.
+_TYPED_FIELD = {
+    TensorProto.FLOAT: ("float_data", 1),
+    TensorProto.DOUBLE: ("double_data", 1),
+    TensorProto.COMPLEX64: ("float_data", 2),
+    TensorProto.COMPLEX128: ("double_data", 2),
+    TensorProto.INT64: ("int64_data", 1),
+    TensorProto.UINT32: ("uint64_data", 1),
+    TensorProto.UINT64: ("uint64_data", 1),
+    TensorProto.STRING: ("string_data", 1),
+    **{
+        t: ("int32_data", 1)
+        for t in (
+            TensorProto.INT32,
+            TensorProto.INT16,
+            TensorProto.INT8,
+            TensorProto.UINT16,
+            TensorProto.UINT8,
+            TensorProto.BOOL,
+            TensorProto.FLOAT16,
+            TensorProto.BFLOAT16,
+        )
+    },
+}
+
 
 # -- loading ---------------------------------------------------------------------------------
 
@@ -70,8 +102,12 @@ def load(
         if not path.exists():
             raise ModelLoadError(f"{label}: no such file")
         if not path.is_file():
-            raise ModelLoadError(f"{label}: not a file")
-        raw = path.read_bytes()
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise ModelLoadError(f"{label}: {what}, not an ONNX file")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:  # permissions, a file vanishing, I/O errors
+            raise ModelLoadError(f"{label}: cannot read the file: {e.strerror or e}") from None
         proto = _parse(raw, label)
         digest = hashlib.sha256(raw).hexdigest()
         base_dir = path.parent
@@ -80,9 +116,27 @@ def load(
             f"cannot load a model from a {type(source).__name__}: "
             "give a path, bytes or an onnx.ModelProto"
         )
+    base = Path(base_dir) if base_dir is not None else None
+    try:
+        return _from_proto(proto, label, base, check, path, digest)
+    except UnicodeDecodeError as e:
+        # proto2 strings are not validated when parsed; a corrupt file shows up here, when a
+        # name is first read (by us or inside the checker's error message).
+        raise ModelLoadError(
+            f"{label}: a name or string in the model is not valid UTF-8 (corrupt file?): {e}"
+        ) from None
+
+
+def _from_proto(
+    proto: onnx.ModelProto,
+    label: str,
+    base: Path | None,
+    check: bool,
+    path: Path | None,
+    digest: str,
+) -> Model:
     if not proto.HasField("graph") or (proto.ir_version == 0 and not proto.graph.node):
         raise ModelLoadError(f"{label}: not an ONNX model (no graph and no IR version)")
-    base = Path(base_dir) if base_dir is not None else None
     light = _strip_weights(proto)
     if check:
         try:
@@ -229,34 +283,74 @@ def _new_value(name: str, ctx: _Ctx, declared: onnx.TypeProto | None = None) -> 
 def tensor_to_array(t: TensorProto, base_dir: Path | None, label: str = "") -> np.ndarray:
     """TensorProto -> numpy, memory-mapping external data and viewing raw bytes in place."""
     dims = tuple(int(d) for d in t.dims)
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"{label}: tensor {t.name!r} has a negative dim in {list(dims)}")
+    count = _numel(dims)  # Python ints: dims claiming exabytes must not wrap around to 0
     dtype = np_dtype(t.data_type)
     if t.data_location == TensorProto.EXTERNAL:
-        return _external_array(t, dims, dtype, base_dir, label)
-    if t.data_type in _PLAIN_TYPES and t.HasField("raw_data") and dtype is not None:
+        return _external_array(t, dims, count, dtype, base_dir, label)
+    if t.HasField("raw_data") and dtype is not None and t.data_type not in _SUB_BYTE_TYPES:
         raw = t.raw_data
-        expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize if dims else dtype.itemsize
+        expected = count * dtype.itemsize
         if len(raw) != expected:
             raise ModelLoadError(
                 f"{label}: tensor {t.name!r} has {len(raw)} bytes of data but dims {list(dims)} "
                 f"of {dtype} need {expected}"
             )
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+        if t.data_type in _PLAIN_TYPES:
+            return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+    elif t.data_type in _TYPED_FIELD:
+        # Typed fields (float_data, ...) are checked before numpy expands them, so a tensor
+        # whose dims claim terabytes but which holds 4 values is a load error, not an OOM.
+        field, per_element = _TYPED_FIELD[t.data_type]
+        have = len(getattr(t, field))
+        if have != count * per_element:
+            raise ModelLoadError(
+                f"{label}: tensor {t.name!r} has {have} values in {field} but dims "
+                f"{list(dims)} need {count * per_element}"
+            )
     if dtype is not None:
-        check_size(dims, dtype, f"tensor {t.name!r} in {label}")
+        check_size(dims, dtype, f"{label}: tensor {t.name!r}")
     try:
         return numpy_helper.to_array(t)
     except Exception as e:
         raise ModelLoadError(f"{label}: cannot read tensor {t.name!r}: {e}") from None
 
 
+def _numel(dims: tuple[int, ...]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def _external_int(info: dict[str, str], key: str, where: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ExternalDataError(f"{where}: {key} {info[key]!r} is not a non-negative integer")
+    return value
+
+
 def _external_array(
-    t: TensorProto, dims: tuple, dtype: np.dtype | None, base_dir: Path | None, label: str
+    t: TensorProto,
+    dims: tuple[int, ...],
+    count: int,
+    dtype: np.dtype | None,
+    base_dir: Path | None,
+    label: str,
 ) -> np.ndarray:
     info = {e.key: e.value for e in t.external_data}
     loc = info.get("location", "")
     where = f"{label}: tensor {t.name!r} (external data location {loc!r})"
     if not loc:
         raise ExternalDataError(f"{where}: no location given")
+    if "\0" in loc:
+        raise ExternalDataError(f"{where}: the location contains a NUL byte, refused")
     if os.path.isabs(loc) or Path(loc).is_absolute() or loc.startswith(("/", "\\")):
         raise ExternalDataError(f"{where}: absolute locations are refused")
     if ".." in Path(loc).parts:
@@ -270,13 +364,12 @@ def _external_array(
         raise ExternalDataError(f"{where}: file {file} not found")
     if dtype is None or t.data_type not in _PLAIN_TYPES:
         raise ExternalDataError(f"{where}: element type {t.data_type} is not supported externally")
-    offset = int(info.get("offset", 0))
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    offset = _external_int(info, "offset", where) or 0
+    length = _external_int(info, "length", where)
     nbytes = count * dtype.itemsize
-    if "length" in info and int(info["length"]) != nbytes:
+    if length is not None and length != nbytes:
         raise ExternalDataError(
-            f"{where}: length {info['length']} does not match dims {list(dims)} of {dtype} "
-            f"({nbytes} bytes)"
+            f"{where}: length {length} does not match dims {list(dims)} of {dtype} ({nbytes} bytes)"
         )
     size = file.stat().st_size
     if offset + nbytes > size:

@@ -44,6 +44,7 @@ class GraphBuilder:
     def __init__(self, name: str, *, opset: int, seed: int) -> None:
         self.name = name
         self.opset = opset
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
         # Initializers are written straight into the final ModelProto: copying
@@ -294,7 +295,10 @@ class GraphBuilder:
     # -- result --------------------------------------------------------------
 
     def build(self, *, doc: str, dims: dict[str, int]) -> onnx.ModelProto:
-        """Assemble the model, recording default values of its symbolic dims."""
+        """Assemble the model, recording default values of its symbolic dims.
+
+        ``doc`` describes the architecture; provenance is appended here.
+        """
         model = self.model
         graph = model.graph
         graph.name = self.name
@@ -307,7 +311,9 @@ class GraphBuilder:
         # The oldest IR version that carries this opset loads in the most runtimes.
         model.ir_version = helper.find_min_ir_version_for([opset], ignore_unknown=True)
         model.producer_name = PRODUCER
-        model.doc_string = doc
+        model.doc_string = (
+            f"{doc}; seeded random weights (seed {self.seed}), built by workbench.zoo, no download."
+        )
         helper.set_model_props(model, {DIMS_KEY: json.dumps(dims)})
         return model
 

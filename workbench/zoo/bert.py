@@ -176,8 +176,7 @@ def bert(
 
     doc = (
         f"{name}: HuggingFace BertModel encoder without pooler ({layers} layers, hidden {hidden}, "
-        f"{heads} heads, intermediate {intermediate}, vocab {vocab}), {layernorm} LayerNorm, "
-        f"seeded random weights (seed {seed}); built by workbench.zoo, no download."
+        f"{heads} heads, intermediate {intermediate}, vocab {vocab}), {layernorm} LayerNorm"
     )
     return b.build(doc=doc, dims=symbolic_dims((batch, 1), ("sequence", seq)))
 

@@ -26,7 +26,9 @@ from ._builder import (
 CAUSAL_MASK = "causal_mask"
 
 
-def _attention(b: GraphBuilder, x: str, hidden: int, heads: int, layers: int) -> str:
+def _attention(
+    b: GraphBuilder, x: str, hidden: int, heads: int, layers: int, n_positions: int
+) -> str:
     with b.scope("c_attn"):
         qkv = b.linear(x, hidden, 3 * hidden)
     # split(hidden, dim=2): Split takes the sizes as an input since opset 13.
@@ -41,9 +43,9 @@ def _attention(b: GraphBuilder, x: str, hidden: int, heads: int, layers: int) ->
     # bias[:, :, key_len - query_len : key_len, :key_len], as HF slices its buffer.
     query_len, key_len = b.unsqueeze(b.size(q, 2), [0]), b.unsqueeze(b.size(k, 3), [0])
     zero = b.const([0], np.int64)
-    causal = b.op(
-        "Slice", CAUSAL_MASK, b.op("Sub", key_len, query_len), key_len, b.const([2], np.int64)
-    )
+    rows = b.op("Sub", key_len, query_len)
+    causal = b.op("Slice", CAUSAL_MASK, rows, key_len, b.const([2], np.int64))
+    b.annotate(causal, TensorProto.BOOL, [1, 1, "sequence", n_positions])
     causal = b.op("Slice", causal, zero, key_len, b.const([3], np.int64))
     b.annotate(causal, TensorProto.BOOL, [1, 1, "sequence", "sequence"])
     scores = b.op("Where", causal, scores, b.const(FLOAT32_MIN))
@@ -114,7 +116,7 @@ def gpt2(
                 with b.scope("ln_1"):
                     h = b.layernorm(x, hidden, eps=eps, style=layernorm)
                 with b.scope("attn"):
-                    x = b.op("Add", _attention(b, h, hidden, heads, layers), x)
+                    x = b.op("Add", _attention(b, h, hidden, heads, layers, n_positions), x)
                 with b.scope("ln_2"):
                     h = b.layernorm(x, hidden, eps=eps, style=layernorm)
                 with b.scope("mlp"):
@@ -134,8 +136,7 @@ def gpt2(
 
     doc = (
         f"{name}: HuggingFace GPT2LMHeadModel without KV cache ({layers} layers, hidden {hidden}, "
-        f"{heads} heads, vocab {vocab}, {n_positions} positions), tied lm_head, seeded random "
-        f"weights (seed {seed}); built by workbench.zoo, no download."
+        f"{heads} heads, vocab {vocab}, {n_positions} positions), tied lm_head"
     )
     return b.build(doc=doc, dims=symbolic_dims((batch, 1), ("sequence", seq)))
 

@@ -118,8 +118,7 @@ def mobilenet_v2(
 
     doc = (
         f"{name}: torchvision MobileNetV2 (width_mult {width_mult}), unfused "
-        f"Conv/BatchNormalization/Clip, {image}x{image} input, seeded random weights "
-        f"(seed {seed}); built by workbench.zoo, no download."
+        f"Conv/BatchNormalization/Clip, {image}x{image} input"
     )
     return b.build(doc=doc, dims=symbolic_dims((batch, 1)))
 

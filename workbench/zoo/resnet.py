@@ -122,8 +122,7 @@ def _resnet(
 
     doc = (
         f"{arch}: torchvision ResNet ({kind} blocks {tuple(blocks)}, widths {tuple(widths)}), "
-        f"unfused Conv/BatchNormalization/Relu, {image}x{image} input, seeded random weights "
-        f"(seed {seed}); built by workbench.zoo, no download."
+        f"unfused Conv/BatchNormalization/Relu, {image}x{image} input"
     )
     return b.build(doc=doc, dims=symbolic_dims((batch, 1)))
 

@@ -7,6 +7,7 @@ catch-all and every other backend's fallback for ops it does not implement.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import TYPE_CHECKING
 
@@ -22,12 +23,19 @@ if TYPE_CHECKING:
 _SPECIAL_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training", "ai.onnx.preview", "experimental")
 
 
+# Ops whose onnx.reference implementation imports an optional package when it runs.
+_NEEDS_PACKAGE = {("", "ImageDecoder"): "PIL"}
+
+
 def onnx_reference_supports(domain: str, op_type: str, opset: int, functions=()) -> bool:
     """Whether onnx.reference has an implementation of the op at this opset."""
     if any(f.domain == domain and f.name == op_type for f in functions):
         return True
     if domain not in _SPECIAL_DOMAINS:
         return False
+    package = _NEEDS_PACKAGE.get((domain, op_type))
+    if package is not None and importlib.util.find_spec(package) is None:
+        return False  # would only fail when run: say "unsupported" when compiling instead
     try:
         if domain == "":
             from onnx.reference.ops import load_op
@@ -44,7 +52,18 @@ def onnx_reference_supports(domain: str, op_type: str, opset: int, functions=())
     except onnx.reference.op_run.RuntimeContextError:
         return True  # implemented as a function that needs input types: still supported
     except Exception:
+        # An op defined by a function body (Mish, HardSwish, MeanVarianceNormalization at
+        # recent opsets) has no class; `load_op` refuses it without an evaluator, but
+        # ReferenceEvaluator expands the body itself.
+        return _defined_by_function(domain, op_type, opset)
+
+
+def _defined_by_function(domain: str, op_type: str, opset: int) -> bool:
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:
         return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:
@@ -63,7 +82,6 @@ def onnx_reference_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     declared = [v for v in node.inputs]
     captured = node.implicit_inputs()
-    names: list[str] = []
     infos = []
     seen: set[str] = set()
     for v in [*declared, *captured]:
@@ -105,11 +123,11 @@ def onnx_reference_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     wanted = [n for n in out_names if n]
 
     def run(*args):
-        feeds = {n: a for n, a in zip(in_names, args) if n is not None}
+        feeds = {n: a for n, a in zip(in_names, args, strict=False) if n is not None}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = evaluator.run(wanted, feeds)
-        got = dict(zip(wanted, res))
+        got = dict(zip(wanted, res, strict=True))
         return tuple(_as_array(got.get(n)) if n else None for n in out_names)
 
     return run

@@ -13,10 +13,10 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
+from ._numba import const_input, njit
 from ._table import kernels
-from .ops_elementwise import FLOATS, NUMBERS, as_array, const_input, dtypes_ok, has_input
+from .ops_elementwise import FLOATS, NUMBERS, as_array, dtypes_ok
 
 if TYPE_CHECKING:
     from ...ir import Node
@@ -28,7 +28,7 @@ _NUMBA_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # -- numba kernels ----------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit
 def _erf_loop(x, out, gelu):  # pragma: no cover - compiled
     """out = erf(x), or exact Gelu 0.5 x (1 + erf(x / sqrt 2)); 1-D contiguous arrays."""
     for i in range(x.size):
@@ -39,7 +39,7 @@ def _erf_loop(x, out, gelu):  # pragma: no cover - compiled
             out[i] = math.erf(v)
 
 
-@njit(cache=True)
+@njit
 def _softmax_rows(x, out, log):  # pragma: no cover - compiled
     """Softmax (or LogSoftmax) of each row of a C-contiguous 2-D array, max-shifted."""
     rows, n = x.shape

@@ -254,7 +254,9 @@ def _conv_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvGe
     red = [1, *range(2 + nsp, 2 + 2 * nsp)]  # channel and kernel axes of the windows
     for k in range(g.group):
         wk = w[k * mg : (k + 1) * mg]
-        part = np.tensordot(win[:, k * g.cg : (k + 1) * g.cg], wk, axes=(red, [1, *range(2, 2 + nsp)]))
+        part = np.tensordot(
+            win[:, k * g.cg : (k + 1) * g.cg], wk, axes=(red, [1, *range(2, 2 + nsp)])
+        )
         y[:, k * mg : (k + 1) * mg] = np.moveaxis(part, -1, 1)  # (N, *out, Mg) -> (N, Mg, *out)
     if b is not None:
         y += b.reshape((1, g.m) + (1,) * nsp)

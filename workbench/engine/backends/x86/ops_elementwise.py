@@ -15,24 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._numba import const_input, has_input, input_dtype
 from ._table import kernels
 
 if TYPE_CHECKING:
     from ...ir import Node
     from ..base import CompileContext, KernelFn
 
-# -- shared helpers (imported by the other ops_*.py modules) ----------------------------------
+# -- helpers the other ops_*.py modules share (besides those in _numba.py) ---------------------
 
 FLOATS = "f"
 NUMBERS = "iuf"
 ANY_STD = "biuf"  # the numpy-native kinds whose arithmetic matches ONNX exactly
-
-
-def input_dtype(node: Node, i: int) -> np.dtype | None:
-    """The declared/inferred dtype of input `i`, None when absent or unknown."""
-    if i >= len(node.inputs) or node.inputs[i] is None:
-        return None
-    return node.inputs[i].dtype
 
 
 def dtypes_ok(node: Node, kinds: str = ANY_STD, idx: Sequence[int] | None = None) -> bool:
@@ -50,17 +44,6 @@ def dtypes_ok(node: Node, kinds: str = ANY_STD, idx: Sequence[int] | None = None
     return True
 
 
-def const_input(node: Node, i: int) -> np.ndarray | None:
-    """The initializer data of input `i`, None when absent or computed at run time."""
-    if i >= len(node.inputs) or node.inputs[i] is None:
-        return None
-    return node.inputs[i].const
-
-
-def has_input(node: Node, i: int) -> bool:
-    return i < len(node.inputs) and node.inputs[i] is not None
-
-
 def as_array(x: Any) -> np.ndarray:
     """ufuncs on 0-d arrays return numpy scalars; kernels must return arrays."""
     return x if type(x) is np.ndarray else np.asarray(x)
@@ -74,7 +57,7 @@ def ints_of(a: Any) -> list[int]:
 # -- binary arithmetic ------------------------------------------------------------------------
 
 
-def _legacy_broadcast(node: Node, ctx: CompileContext) -> int | None | bool:
+def _legacy_broadcast(node: Node, ctx: CompileContext) -> int | bool | None:
     """Opset <7 `broadcast`/`axis`: returns the axis B aligns to (an int), None for plain
     numpy broadcasting, or False when the node cannot be handled."""
     if ctx.opset >= 7 or not node.attrs.get("broadcast", 0):

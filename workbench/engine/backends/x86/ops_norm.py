@@ -1,0 +1,180 @@
+"""Normalization x86 kernels: BatchNormalization (inference), LayerNormalization and
+InstanceNormalization.
+
+BatchNormalization folds its four parameter vectors into one scale and one shift (once, in
+the factory, when they are constants) and then costs one multiply-add pass. Layer and
+instance normalization share one numba kernel that normalizes each row of a 2-D view in
+two passes over data still in cache (mean, then centred variance, both in float64) and
+applies the affine part while writing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._numba import const_input, njit
+from ._table import kernels
+from .ops_elementwise import FLOATS, dtypes_ok
+
+if TYPE_CHECKING:
+    from ...ir import Node
+    from ..base import CompileContext, KernelFn
+
+_NUMBA_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@njit
+def _normalize_rows(x, eps, w, b, per_row, y, mean, rstd):  # pragma: no cover - compiled
+    """Each row i of `x` (rows, n): y = (x - mean) * rstd, then scaled and shifted by
+    w[i], b[i] (`per_row`) or by w[j], b[j] per column."""
+    rows, n = x.shape
+    for i in range(rows):
+        acc = 0.0
+        for j in range(n):
+            acc += x[i, j]
+        mu = acc / n
+        acc = 0.0
+        for j in range(n):
+            d = x[i, j] - mu
+            acc += d * d
+        r = 1.0 / math.sqrt(acc / n + eps)
+        mean[i] = mu
+        rstd[i] = r
+        if per_row:
+            s = w[i] * r
+            t = b[i] - mu * s
+            for j in range(n):
+                y[i, j] = x[i, j] * s + t
+        else:
+            for j in range(n):
+                y[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
+
+
+def _normalize(x2: np.ndarray, eps: float, w: np.ndarray, b: np.ndarray, per_row: bool):
+    """(y, mean, rstd) for a 2-D float array; float16 goes through float32."""
+    dt = x2.dtype
+    work = dt if dt in _NUMBA_FLOATS else np.dtype(np.float32)
+    x2 = np.ascontiguousarray(x2, dtype=work)
+    w = np.ascontiguousarray(w, dtype=work)
+    b = np.ascontiguousarray(b, dtype=work)
+    rows = x2.shape[0]
+    y = np.empty_like(x2)
+    mean = np.empty(rows, dtype=work)
+    rstd = np.empty(rows, dtype=work)
+    if x2.size:
+        _normalize_rows(x2, float(eps), w, b, per_row, y, mean, rstd)
+    elif rows:
+        mean.fill(np.nan)  # statistics of an empty row are undefined
+        rstd.fill(np.nan)
+    return y.astype(dt, copy=False), mean.astype(dt, copy=False), rstd.astype(dt, copy=False)
+
+
+@kernels.register("BatchNormalization", since=1)
+def batch_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Inference BN, always with the running statistics: y = x * a + c with
+    a = scale / sqrt(var + eps), c = bias - mean * a.
+
+    Before opset 14 `is_test`/`spatial` attributes never make us use batch statistics;
+    from 14 on training_mode=1 asks for training explicitly and is declined."""
+    if ctx.opset >= 14 and node.attrs.get("training_mode", 0):
+        return None
+    if not dtypes_ok(node, FLOATS):
+        return None
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    n_extra = sum(1 for v in node.outputs[1:] if v.name)
+    params = [const_input(node, i) for i in (1, 2, 3, 4)]
+    folded: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
+    fixed = _fold(*params, eps) if all(p is not None for p in params) else None
+
+    def run(x, scale, bias, mean, var):
+        dt = x.dtype
+        if fixed is None:
+            a, c = (t.astype(dt) for t in _fold(scale, bias, mean, var, eps))
+        else:
+            if dt not in folded:
+                folded[dt] = (fixed[0].astype(dt), fixed[1].astype(dt))
+            a, c = folded[dt]
+        # per channel (C,) or, with spatial=0 before opset 9, per (C, D1, ...)
+        shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1, *a.shape)
+        y = np.multiply(x, a.reshape(shape))
+        y += c.reshape(shape)
+        extra = (mean.copy(), var.copy(), mean.copy(), var.copy())[:n_extra]
+        return (y, *extra)
+
+    return run
+
+
+def _fold(scale, bias, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+    c = bias.astype(np.float64) - mean.astype(np.float64) * a
+    return a, c
+
+
+@kernels.register("LayerNormalization", since=17)
+def layer_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Normalize over the dims from `axis` on; Scale and B broadcast onto them. Mean and
+    InvStdDev come out shaped x.shape[:axis] + [1, ...], in the input's dtype."""
+    if not dtypes_ok(node, FLOATS) or int(node.attrs.get("stash_type", 1)) != 1:
+        return None
+    axis_attr = int(node.attrs.get("axis", -1))
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    consts = (const_input(node, 1), const_input(node, 2))
+    cached: dict = {}
+
+    def affine(scale, bias, norm_shape, dt):
+        """Scale and B as flat vectors over the normalized dims, or None if they also
+        broadcast over the leading dims (then applied afterwards with numpy)."""
+        key = (norm_shape, dt)
+        if key in cached:
+            return cached[key]
+        try:
+            w = np.broadcast_to(scale, norm_shape).reshape(-1)
+            b = np.zeros(w.size) if bias is None else np.broadcast_to(bias, norm_shape).reshape(-1)
+            wb = (w.astype(dt), b.astype(dt))
+        except ValueError:
+            wb = None
+        if consts[0] is not None and (bias is None or consts[1] is not None):
+            cached[key] = wb
+        return wb
+
+    def run(x, scale, bias=None):
+        axis = axis_attr + x.ndim if axis_attr < 0 else axis_attr
+        norm_shape = x.shape[axis:]
+        rows = math.prod(x.shape[:axis])
+        n = math.prod(norm_shape)
+        wb = affine(scale, bias, norm_shape, x.dtype)
+        if wb is None:
+            w, b = np.ones(n, x.dtype), np.zeros(n, x.dtype)
+        else:
+            w, b = wb
+        y, mean, rstd = _normalize(x.reshape(rows, n), eps, w, b, False)
+        y = y.reshape(x.shape)
+        if wb is None:
+            y = (y * scale).astype(x.dtype, copy=False)
+            if bias is not None:
+                y += bias
+        stat_shape = x.shape[:axis] + (1,) * (x.ndim - axis)
+        return (y, mean.reshape(stat_shape), rstd.reshape(stat_shape))
+
+    return run
+
+
+@kernels.register("InstanceNormalization", since=1)
+def instance_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Each (n, c) plane normalized over its spatial dims, then scale[c], bias[c]."""
+    if not dtypes_ok(node, FLOATS):
+        return None
+    eps = float(node.attrs.get("epsilon", 1e-5))
+
+    def run(x, scale, bias):
+        n, c = x.shape[0], x.shape[1]
+        rows = n * c
+        w = np.tile(scale.reshape(-1), n)
+        b = np.tile(bias.reshape(-1), n)
+        y, _, _ = _normalize(x.reshape(rows, -1) if rows else x.reshape(0, 0), eps, w, b, True)
+        return (y.reshape(x.shape),)
+
+    return run

@@ -1,0 +1,177 @@
+"""Reduction x86 kernels: ReduceSum/Mean/Max/Min/Prod/L1/L2/SumSquare/LogSumExp and
+ArgMax/ArgMin.
+
+`axes` is an attribute before opset 18 (ReduceSum: 13) and an optional input after, with
+`noop_with_empty_axes` saying whether no axes means "all" or "none". Each reduction is
+one numpy call in the input's dtype (float16 accumulates in float32). Reducing over an
+empty set gives the op's identity: 0, 1, -inf/+inf (or the integer extremes), and -inf
+for LogSumExp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._numba import const_input, has_input
+from ._table import kernels
+from .ops_elementwise import ANY_STD, NUMBERS, as_array, dtypes_ok, ints_of
+
+if TYPE_CHECKING:
+    from ...ir import Node
+    from ..base import CompileContext, KernelFn
+
+_REDUCE = (
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceSumSquare",
+    "ReduceLogSumExp",
+)
+
+
+def normalize_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
+    """Sorted, unique, non-negative axes; out of range raises."""
+    out = set()
+    for a in axes:
+        a = int(a)
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"axis {a} is out of range for a rank-{ndim} tensor")
+        out.add(a + ndim if a < 0 else a)
+    return tuple(sorted(out))
+
+
+def _acc_dtype(dt: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
+def _extreme(dt: np.dtype, top: bool):
+    """The identity of max (top=False: the lowest value) or of min (top=True)."""
+    if dt.kind == "b":
+        return bool(top)
+    if dt.kind == "f":
+        return np.inf if top else -np.inf
+    info = np.iinfo(dt)
+    return info.max if top else info.min
+
+
+def _empty(x: np.ndarray, axes: tuple[int, ...] | None) -> bool:
+    if x.size:
+        return False
+    dims = range(x.ndim) if axes is None else axes
+    return any(x.shape[a] == 0 for a in dims)
+
+
+def _reduce_fn(op: str):
+    """f(x, axes or None for all, keepdims) -> the reduction, in x's dtype."""
+
+    def r_sum(x, ax, kd):
+        return np.sum(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
+
+    def r_mean(x, ax, kd):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.mean(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
+
+    def r_max(x, ax, kd):
+        if _empty(x, ax):
+            return np.max(x, axis=ax, keepdims=kd, initial=_extreme(x.dtype, False))
+        return np.max(x, axis=ax, keepdims=kd)
+
+    def r_min(x, ax, kd):
+        if _empty(x, ax):
+            return np.min(x, axis=ax, keepdims=kd, initial=_extreme(x.dtype, True))
+        return np.min(x, axis=ax, keepdims=kd)
+
+    def r_prod(x, ax, kd):
+        return np.prod(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
+
+    def r_l1(x, ax, kd):
+        return np.sum(np.abs(x), axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
+
+    def r_sumsq(x, ax, kd):
+        return np.sum(np.square(x), axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
+
+    def r_l2(x, ax, kd):
+        s = r_sumsq(x, ax, kd)
+        return np.sqrt(s) if s.dtype.kind == "f" else np.sqrt(s.astype(np.float64))
+
+    def r_lse(x, ax, kd):
+        w = x.astype(np.float32) if x.dtype == np.float16 else x
+        m = r_max(w, ax, True)
+        m = np.where(np.isfinite(m), m, 0).astype(w.dtype, copy=False)
+        with np.errstate(divide="ignore"):
+            y = np.log(np.sum(np.exp(w - m), axis=ax, keepdims=True)) + m
+        if not kd:
+            y = y.reshape([d for i, d in enumerate(y.shape) if ax is not None and i not in ax])
+        return y
+
+    return {
+        "ReduceSum": r_sum,
+        "ReduceMean": r_mean,
+        "ReduceMax": r_max,
+        "ReduceMin": r_min,
+        "ReduceProd": r_prod,
+        "ReduceL1": r_l1,
+        "ReduceL2": r_l2,
+        "ReduceSumSquare": r_sumsq,
+        "ReduceLogSumExp": r_lse,
+    }[op]
+
+
+@kernels.register(list(_REDUCE), since=1)
+def reduce(node: Node, ctx: CompileContext) -> KernelFn | None:
+    op = node.op_type
+    kinds = ANY_STD if op in ("ReduceMax", "ReduceMin") else NUMBERS
+    if not dtypes_ok(node, kinds, [0]):
+        return None
+    keepdims = bool(node.attrs.get("keepdims", 1))
+    axes_from_input = ctx.opset >= (13 if op == "ReduceSum" else 18)
+    noop = axes_from_input and bool(node.attrs.get("noop_with_empty_axes", 0))
+    fn = _reduce_fn(op)
+    if axes_from_input:
+        runtime_axes = has_input(node, 1) and const_input(node, 1) is None
+        fixed = ints_of(const_input(node, 1)) if const_input(node, 1) is not None else []
+    else:
+        runtime_axes = False
+        fixed = [int(a) for a in node.attrs.get("axes") or []]
+
+    def run(x, axes=None):
+        given = ints_of(axes) if runtime_axes and axes is not None else fixed
+        if not given:
+            if noop:
+                return (x.copy(),)
+            ax = None
+        else:
+            ax = normalize_axes(given, x.ndim)
+        y = fn(x, ax, keepdims)
+        return (as_array(y).astype(x.dtype, copy=False),)
+
+    return run
+
+
+@kernels.register(["ArgMax", "ArgMin"], since=1)
+def arg_extreme(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Index of the first (or, with select_last_index, the last) extreme along `axis`."""
+    if not dtypes_ok(node, ANY_STD):
+        return None
+    axis_attr = int(node.attrs.get("axis", 0))
+    keepdims = bool(node.attrs.get("keepdims", 1))
+    last = bool(node.attrs.get("select_last_index", 0))
+    pick = np.argmax if node.op_type == "ArgMax" else np.argmin
+
+    def run(x):
+        axis = axis_attr + x.ndim if axis_attr < 0 else axis_attr
+        if last:
+            i = pick(np.flip(x, axis), axis=axis, keepdims=keepdims)
+            i = (x.shape[axis] - 1) - i
+        else:
+            i = pick(x, axis=axis, keepdims=keepdims)
+        return (as_array(i).astype(np.int64, copy=False),)
+
+    return run
