@@ -1,7 +1,7 @@
 """Shared fixtures: two small models shaped like PyTorch's ONNX exports, and onnxruntime.
 
-Both builders are plain functions (importable as `tests.conftest` is not, so they are
-handed out as fixtures that return the builder):
+Both builders are plain functions; tests cannot import conftest, so the fixtures
+`conv_model` and `transformer_model` hand out the builders (call them with an opset):
 
 - `make_conv_model(opset)`: Conv(3->16, 3x3) + BatchNormalization + Relu +
   GlobalAveragePool + Flatten + Gemm(16->10); input "input" [batch_size, 3, 8, 8].

@@ -19,13 +19,13 @@ from .engine import (  # noqa: E402
     Node,
     Session,
     Value,
-    backends,
     get_backend,
     load,
     run_model,
     save,
     to_onnx,
 )
+from .engine.backends import backends  # noqa: E402
 from .errors import (  # noqa: E402
     AllocationError,
     BackendUnavailableError,

@@ -1,6 +1,6 @@
 """The inference engine: IR, ONNX I/O, backends, plans and the executor."""
 
-from .backends import backends, get_backend
+from .backends import get_backend
 from .executor import Session, run_model
 from .ir import Graph, Node, Value
 from .model import Model
@@ -12,7 +12,6 @@ __all__ = [
     "Node",
     "Session",
     "Value",
-    "backends",
     "get_backend",
     "load",
     "run_model",

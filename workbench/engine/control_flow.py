@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends.base import Backend, CompileContext, Kernel
-from .ir import Graph, Node
+from .ir import Graph, Node, Value
 
 
 def compile_control_flow(node: Node, backend: Backend, ctx: CompileContext) -> Kernel | None:
@@ -39,6 +39,13 @@ def _bind(plan, positions, captured_args, env, first: int) -> None:
     """Place captured outer tensors into a subplan's env (its inputs start at `first`)."""
     for (_, slot), pos in zip(plan.inputs[first:], positions, strict=False):
         env[slot] = captured_args[pos]
+
+
+def _empty_stack(v: Value) -> np.ndarray:
+    """Zero iterations: an empty stack of the body output's declared type and rank
+    (its unknown dims become 0, there being no element to take them from)."""
+    shape = [d if isinstance(d, int) else 0 for d in (v.shape or ())]
+    return np.zeros((0, *shape), dtype=v.dtype or np.float32)
 
 
 def _if(node: Node, backend: Backend, ctx: CompileContext):
@@ -94,9 +101,8 @@ def _loop(node: Node, backend: Backend, ctx: CompileContext):
         for j, items in enumerate(scans):
             if items:
                 stacked.append(np.stack(items))
-            else:  # zero iterations: an empty stack of the body's declared element type
-                v = scan_values[j]
-                stacked.append(np.zeros((0,), dtype=v.dtype or np.float32))
+            else:
+                stacked.append(_empty_stack(scan_values[j]))
         return (*state, *stacked)
 
     run.subplans = [plan]
@@ -152,9 +158,7 @@ def _scan(node: Node, backend: Backend, ctx: CompileContext):
             if out_dirs[j] == 1:
                 items = items[::-1]
             if not items:
-                v = body.outputs[n_state + j]
-                shape = [d if isinstance(d, int) else 0 for d in (v.shape or ())]
-                stacked.append(np.zeros((0, *shape), dtype=v.dtype or np.float32))
+                stacked.append(_empty_stack(body.outputs[n_state + j]))
                 continue
             y = np.stack(items)
             if todo < steps:  # opset 8, a sequence shorter than the batch's longest

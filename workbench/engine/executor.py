@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import FeedError, KernelError, WorkbenchError
+from ..errors import AllocationError, FeedError, KernelError, WorkbenchError
 from .backends import get_backend
 from .backends.base import CompileContext
 from .feeds import check_feeds, random_feeds
@@ -48,6 +48,8 @@ def execute(plan: Plan, env: list[Any], keep: bool = False) -> list[Any]:
             outs = step.run(*args)
         except WorkbenchError:
             raise
+        except MemoryError as e:
+            raise AllocationError(describe_failure(step, args, e)) from e
         except Exception as e:
             raise KernelError(describe_failure(step, args, e)) from e
         if len(outs) < len(step.outputs):

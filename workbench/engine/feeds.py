@@ -26,8 +26,13 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any] | None) -> dict[str, np.n
     Names, dtypes, ranks and fixed dims must match; a symbolic dim must take one
     value across all inputs that share its name.
     """
-    feeds = dict(feeds or {})
     expected = {v.name: v for v in graph.inputs}
+    if feeds is not None and not isinstance(feeds, Mapping):
+        raise FeedError(
+            f"feeds must map input names to arrays, got a {type(feeds).__name__}; "
+            f"the model's inputs are: {', '.join(expected) or 'none'}"
+        )
+    feeds = dict(feeds or {})
     unknown = [k for k in feeds if k not in expected]
     if unknown:
         raise FeedError(
@@ -47,14 +52,16 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any] | None) -> dict[str, np.n
         arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
         want = v.dtype
         if want is not None and arr.dtype != want:
-            raise FeedError(f"input {name!r}: expected dtype {want}, got {arr.dtype}")
+            # a list or scalar got numpy's default dtype: say how to give the right one
+            hint = "" if isinstance(raw, np.ndarray) else f" (from a {type(raw).__name__})"
+            raise FeedError(f"input {name!r}: expected dtype {want}, got {arr.dtype}{hint}")
         if v.shape is not None:
             if arr.ndim != len(v.shape):
                 raise FeedError(
                     f"input {name!r}: expected rank {len(v.shape)} {_fmt(v.shape)}, "
                     f"got rank {arr.ndim} {list(arr.shape)}"
                 )
-            for axis, (d, got) in enumerate(zip(v.shape, arr.shape)):
+            for axis, (d, got) in enumerate(zip(v.shape, arr.shape, strict=True)):
                 if isinstance(d, int) and d != got:
                     raise FeedError(
                         f"input {name!r}: dim {axis} must be {d} (shape {_fmt(v.shape)}), "

@@ -173,9 +173,25 @@ def _parse(raw: bytes, label: str) -> onnx.ModelProto:
         proto.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(
-            f"{label}: not a valid ONNX protobuf ({len(raw)} bytes; truncated or corrupt?): {e}"
+            f"{label}: not a valid ONNX protobuf ({len(raw)} bytes{_sniff(raw)}): {e}"
         ) from None
     return proto
+
+
+def _sniff(raw: bytes) -> str:
+    """What a file that is not a protobuf looks like, for the error message."""
+    if raw[:4] == b"PK\x03\x04":
+        return "; a zip archive, e.g. a PyTorch checkpoint: export it with torch.onnx.export"
+    head = raw[:4096]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut in two at the 4 KiB mark
+            return "; truncated or corrupt?"
+        text = head[: e.start].decode("utf-8")
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "; it looks like a text file"
+    return "; truncated or corrupt?"
 
 
 class _Ctx:

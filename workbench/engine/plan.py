@@ -17,6 +17,7 @@ from ..errors import UnsupportedOpError
 from .backends import all_backends, get_backend
 from .backends.base import Backend, CompileContext, Kernel
 from .ir import Graph, Node, Value
+from .memory_guard import guard_kernel
 
 NONE_SLOT, SINK_SLOT = 0, 1
 
@@ -127,6 +128,8 @@ def compile_node(node: Node, backend: Backend, ctx: CompileContext, reference: B
             kernel.fallback = True
     if kernel is None:
         raise UnsupportedOpError(_unsupported_message(node, backend, node_ctx.opset))
+    # ops whose output size comes from input *values* are checked against free memory first
+    kernel.run = guard_kernel(node, kernel.run)
     return kernel
 
 

@@ -66,11 +66,17 @@ def _defined_by_function(domain: str, op_type: str, opset: int) -> bool:
     return bool(schema.has_function or schema.has_context_dependent_function)
 
 
-def _value_info(v: Value) -> onnx.ValueInfoProto:
+_NARROW_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def _value_info(v: Value, wide: bool = False) -> onnx.ValueInfoProto:
     if v.type_proto is not None:
         return helper.make_value_info(v.name, v.type_proto)
     if v.elem_type:
-        return helper.make_tensor_value_info(v.name, v.elem_type, None)
+        # fp64 feeds float64 where the model says float/float16: declare it so, or function
+        # bodies expanded from the declared types carry float32 constants (MVN's epsilon)
+        elem = onnx.TensorProto.DOUBLE if wide and v.elem_type in _NARROW_FLOATS else v.elem_type
+        return helper.make_tensor_value_info(v.name, elem, None)
     return helper.make_empty_tensor_value_info(v.name)
 
 
@@ -82,12 +88,13 @@ def onnx_reference_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     declared = [v for v in node.inputs]
     captured = node.implicit_inputs()
+    wide = ctx.precision == "fp64"
     infos = []
     seen: set[str] = set()
     for v in [*declared, *captured]:
         if v is not None and v.name not in seen:
             seen.add(v.name)
-            infos.append(_value_info(v))
+            infos.append(_value_info(v, wide))
     proto = helper.make_node(
         node.op_type,
         [v.name if v is not None else "" for v in declared],

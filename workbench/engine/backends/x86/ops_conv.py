@@ -22,7 +22,17 @@ import numpy as np
 
 from ...memory_guard import check_size
 from ..common import conv_out_size, conv_pads
-from ._numba import all_f32, const_input, declines_dtype, f32c, njit, scratch, static_shape
+from ._numba import (
+    all_f32,
+    const_input,
+    declines_dtype,
+    f32c,
+    njit,
+    scratch,
+    static_shape,
+    u64,
+    valid_range,
+)
 from ._table import kernels
 
 if TYPE_CHECKING:
@@ -31,93 +41,85 @@ if TYPE_CHECKING:
 
 
 # -- numba kernels ----------------------------------------------------------------------------
-@njit(inline="always")
-def _valid_range(off, stride, limit, count):
-    """[lo, hi): the q in [0, count) with 0 <= q * stride + off < limit."""
-    lo = 0
-    if off < 0:
-        lo = (-off + stride - 1) // stride
-    hi = 0
-    if limit - off > 0:
-        hi = (limit - off + stride - 1) // stride
-    lo = min(lo, count)
-    hi = max(min(hi, count), lo)
-    return lo, hi
-
-
 @njit
-def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
-    """Columns of one image: col[(c, i, j), (p, q)] = x[c, p*sh - pt + i*dh, q*sw - pl + j*dw]."""
-    nc, h, w = x.shape
+def _im2col(x, c0, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
+    """Columns of one image: col[(c, i, j), (p, q)] = x[c, p*sh - pt + i*dh, q*sw - pl + j*dw]
+    for the nc channels from c0 (x flat, from that image's start; col flat)."""
+    ncol = oh * ow
     for c in range(nc):
         for i in range(kh):
             for j in range(kw):
-                row = (c * kh + i) * kw + j
+                row = ((c * kh + i) * kw + j) * ncol
                 off = j * dw - pl
-                lo, hi = _valid_range(off, sw, w, ow)
+                lo, hi = valid_range(off, sw, w, ow)
                 for p in range(oh):
                     ih = p * sh - pt + i * dh
-                    base = p * ow
+                    dst = row + p * ow
                     if ih < 0 or ih >= h:
                         for q in range(ow):
-                            col[row, base + q] = 0.0
+                            col[u64(dst + q)] = 0.0
                         continue
                     for q in range(lo):
-                        col[row, base + q] = 0.0
-                    src = lo * sw + off
-                    for q in range(lo, hi):
-                        col[row, base + q] = x[c, ih, src]
-                        src += sw
+                        col[u64(dst + q)] = 0.0
+                    src = ((c0 + c) * h + ih) * w + off
+                    if sw == 1:
+                        for q in range(lo, hi):
+                            col[u64(dst + q)] = x[u64(src + q)]
+                    else:
+                        for q in range(lo, hi):
+                            col[u64(dst + q)] = x[u64(src + q * sw)]
                     for q in range(hi, ow):
-                        col[row, base + q] = 0.0
+                        col[u64(dst + q)] = 0.0
 
 
 @njit
-def _depthwise(x, w, b, mult, sh, sw, dh, dw, pt, pl, y):
-    """Direct convolution where output channel m reads input channel m // mult only."""
-    nb, _, h, wd = x.shape
-    _, nm, oh, ow = y.shape
-    kh, kw = w.shape[1], w.shape[2]
+def _depthwise(x, w, b, nb, nc, h, wd, nm, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, y):
+    """Direct convolution where output channel m reads input channel m // (nm // nc) only
+    (x (N, C, H, W), w (M, kh, kw) and y (N, M, OH, OW), all flat)."""
+    mult = nm // nc
     for n in range(nb):
         for m in range(nm):
-            c = m // mult
-            for p in range(oh):
-                for q in range(ow):
-                    y[n, m, p, q] = b[m]
+            xb = (n * nc + m // mult) * h * wd
+            yb = (n * nm + m) * oh * ow
+            for q in range(oh * ow):
+                y[u64(yb + q)] = b[m]
             for i in range(kh):
                 for j in range(kw):
-                    wv = w[m, i, j]
+                    wv = w[(m * kh + i) * kw + j]
                     off = j * dw - pl
-                    lo, hi = _valid_range(off, sw, wd, ow)
+                    lo, hi = valid_range(off, sw, wd, ow)
                     for p in range(oh):
                         ih = p * sh - pt + i * dh
                         if ih < 0 or ih >= h:
                             continue
-                        src = lo * sw + off
-                        for q in range(lo, hi):
-                            y[n, m, p, q] += wv * x[n, c, ih, src]
-                            src += sw
+                        src = xb + ih * wd + off
+                        dst = yb + p * ow
+                        if sw == 1:
+                            for q in range(lo, hi):
+                                y[u64(dst + q)] += wv * x[u64(src + q)]
+                        else:
+                            for q in range(lo, hi):
+                                y[u64(dst + q)] += wv * x[u64(src + q * sw)]
 
 
 @njit
-def _col2im(col, kh, kw, h, w, sh, sw, dh, dw, pt, pl, y):
-    """Scatter-add col[(m, i, j), (r, q)] into y[m, r*sh - pt + i*dh, q*sw - pl + j*dw]."""
-    nm, oh, ow = y.shape
+def _col2im(col, nm, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, y):
+    """Scatter-add col[(m, i, j), (r, q)] into y[m, r*sh - pt + i*dh, q*sw - pl + j*dw]
+    (col (M*kh*kw, h*w) and y (M, OH, OW), both flat)."""
     for m in range(nm):
         for i in range(kh):
             for j in range(kw):
-                row = (m * kh + i) * kw + j
+                row = ((m * kh + i) * kw + j) * h * w
                 off = j * dw - pl
-                lo, hi = _valid_range(off, sw, ow, w)
+                lo, hi = valid_range(off, sw, ow, w)
                 for r in range(h):
                     o = r * sh - pt + i * dh
                     if o < 0 or o >= oh:
                         continue
-                    dst = lo * sw + off
-                    base = r * w
+                    dst = (m * oh + o) * ow + off
+                    src = row + r * w
                     for q in range(lo, hi):
-                        y[m, o, dst] += col[row, base + q]
-                        dst += sw
+                        y[u64(dst + q * sw)] += col[u64(src + q)]
 
 
 # -- attribute helpers --------------------------------------------------------------------------
@@ -264,8 +266,8 @@ def _conv_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvGe
 
 
 # -- Conv -------------------------------------------------------------------------------------
-def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, w3: np.ndarray, b: np.ndarray | None):
-    """float32 Conv of geometry `g`; `wg` is (G, Mg, Cg*kh*kw), `w3` is (M, kh, kw)."""
+def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """float32 Conv of geometry `g` with the weight packed as (G, Mg, Cg*kh*kw)."""
     shape = (g.n, g.m, g.oh, g.ow)
     check_size(shape, np.float32, "Conv output")
     y = np.empty(shape, np.float32)
@@ -273,7 +275,10 @@ def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, w3: np.ndarray, b: np
     alg = g.algorithm
     if alg == "depthwise":
         bias = b if b is not None else np.zeros(g.m, np.float32)
-        _depthwise(x4, w3, bias, g.m // g.group, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, y)
+        _depthwise(
+            x4.reshape(-1), wg.reshape(-1), bias, g.n, g.c, g.h, g.w, g.m, g.kh, g.kw,
+            g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, y.reshape(-1),
+        )  # fmt: skip
         return y
     p = g.oh * g.ow
     if alg == "gemm_1x1":
@@ -286,7 +291,10 @@ def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, w3: np.ndarray, b: np
         kk = g.cg * g.kh * g.kw
         col = scratch((g.c * g.kh * g.kw, p), "Conv im2col buffer")
         for n in range(g.n):
-            _im2col(x4[n], g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, col)
+            _im2col(
+                x4[n].reshape(-1), 0, g.c, g.h, g.w, g.kh, g.kw,
+                g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, col.reshape(-1),
+            )  # fmt: skip
             if g.group == 1:
                 np.matmul(wg[0], col, out=y[n].reshape(g.m, p))
             else:
@@ -297,14 +305,10 @@ def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, w3: np.ndarray, b: np
     return y
 
 
-def _pack_conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """(G, Mg, Cg*k) for the GEMMs and (M, kh, kw) for the depthwise loop."""
-    w = f32c(w)
+def _pack_conv_weight(w: np.ndarray, group: int) -> np.ndarray:
+    """(M, Cg, *k) -> (G, Mg, Cg*k): each group's GEMM operand (flat, the depthwise taps)."""
     m = w.shape[0]
-    wg = w.reshape(group, m // group, -1)
-    k = w.shape[2:]
-    w3 = w.reshape(m, *([1] * (2 - len(k)) + list(k))[-2:]) if w.shape[1] == 1 and k else w
-    return wg, w3
+    return f32c(w).reshape(group, m // group, -1)
 
 
 @kernels.register("Conv", since=1)
@@ -317,7 +321,8 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
     b_const = const_input(node, 2)
     ws = static_shape(node, 1)
     packed = None
-    if w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4):
+    w_ok = w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4)
+    if w_ok and group > 0 and w_const.shape[0] % group == 0:  # else the call says what's wrong
         packed = _pack_conv_weight(w_const, group)
     bias = f32c(b_const) if b_const is not None and b_const.dtype == np.float32 else None
 
@@ -329,9 +334,9 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
             return (_conv_generic(x, w, b, g),)
         if b is not None and b.shape != (g.m,):
             raise ValueError(f"Conv bias shape {list(b.shape)} != [{g.m}]")
-        wg, w3 = packed if packed is not None else _pack_conv_weight(w, group)
+        wg = packed if packed is not None else _pack_conv_weight(w, group)
         bb = bias if bias is not None else b
-        y = _conv_f32(g, x, wg, w3, bb)
+        y = _conv_f32(g, x, wg, bb)
         return (y.reshape(g.n, g.m, *g.out),)
 
     # The algorithm depends only on static facts; say which one when they are known.
@@ -465,7 +470,10 @@ def _convt_f32(g: _ConvTGeom, x: np.ndarray, wt: np.ndarray, b: np.ndarray | Non
             yn[...] = b.reshape(g.m, 1, 1)
         else:
             yn.fill(0.0)
-        _col2im(col, g.kh, g.kw, g.h, g.w, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, yn)
+        _col2im(
+            col.reshape(-1), g.m, g.h, g.w, g.kh, g.kw,
+            g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, yn.reshape(-1),
+        )  # fmt: skip
     return y
 
 
@@ -478,7 +486,8 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Callable | None:
     w_const = const_input(node, 1)
     b_const = const_input(node, 2)
     packed = None
-    if w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4):
+    w_ok = w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4)
+    if w_ok and group > 0 and w_const.shape[0] % group == 0:
         packed = _pack_convt_weight(w_const, group)
     bias = f32c(b_const) if b_const is not None and b_const.dtype == np.float32 else None
     geom = _geom_cache(lambda xs, ws: _ConvTGeom(xs, ws, attrs, group))

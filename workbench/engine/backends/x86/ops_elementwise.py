@@ -91,10 +91,14 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pow's output has the base's dtype; a float base takes the exponent in its own dtype."""
+    """Pow's output has the base's dtype. A float32 base takes the exponent as float32
+    (no float64 detour); other floats compute in the promoted dtype and round back."""
+    if a.dtype == np.float32:
+        with np.errstate(all="ignore"):
+            return as_array(np.power(a, b.astype(np.float32, copy=False)))
     if a.dtype.kind == "f":
         with np.errstate(all="ignore"):
-            return as_array(np.power(a, b.astype(a.dtype, copy=False)))
+            return as_array(np.power(a, b).astype(a.dtype, copy=False))
     if b.dtype.kind == "f":
         with np.errstate(all="ignore"):
             return as_array(np.power(a.astype(np.float64), b).astype(a.dtype))
@@ -104,8 +108,7 @@ def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @kernels.register(["Add", "Sub", "Mul", "Div", "Pow"], since=1)
 def binary(node: Node, ctx: CompileContext) -> KernelFn | None:
     op = node.op_type
-    kinds = NUMBERS
-    if not dtypes_ok(node, kinds):
+    if not dtypes_ok(node, NUMBERS):
         return None
     legacy = _legacy_broadcast(node, ctx)
     if legacy is False:
@@ -152,8 +155,12 @@ def binary(node: Node, ctx: CompileContext) -> KernelFn | None:
         def fn(a, b):
             return as_array(ufunc(a, b))
 
-    if legacy is not None:
-        fn = _with_axis(fn, legacy)
+    return _binary_run(fn, legacy)
+
+
+def _binary_run(fn: Callable, legacy_axis: int | None) -> KernelFn:
+    if legacy_axis is not None:
+        fn = _with_axis(fn, legacy_axis)
 
     def run(a, b):
         return (fn(a, b),)
@@ -203,28 +210,30 @@ _LOGIC = {"And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor}
 def compare(node: Node, ctx: CompileContext) -> KernelFn | None:
     # Equal on strings (object arrays) needs an explicit bool result
     kinds = ANY_STD + ("O" if node.op_type == "Equal" else "")
-    if not dtypes_ok(node, kinds) or _legacy_broadcast(node, ctx) is not None:
+    legacy = _legacy_broadcast(node, ctx)
+    if not dtypes_ok(node, kinds) or legacy is False:
         return None
     ufunc = _COMPARE[node.op_type]
 
-    def run(a, b):
+    def fn(a, b):
         if a.dtype.kind == "O":
-            return (as_array(ufunc(a, b, dtype=bool)),)
-        return (as_array(ufunc(a, b)),)
+            return as_array(ufunc(a, b, dtype=bool))
+        return as_array(ufunc(a, b))
 
-    return run
+    return _binary_run(fn, legacy)
 
 
 @kernels.register(list(_LOGIC), since=1)
 def logic(node: Node, ctx: CompileContext) -> KernelFn | None:
-    if not dtypes_ok(node, "b") or _legacy_broadcast(node, ctx) is not None:
+    legacy = _legacy_broadcast(node, ctx)
+    if not dtypes_ok(node, "b") or legacy is False:
         return None
     ufunc = _LOGIC[node.op_type]
 
-    def run(a, b):
-        return (as_array(ufunc(a, b)),)
+    def fn(a, b):
+        return as_array(ufunc(a, b))
 
-    return run
+    return _binary_run(fn, legacy)
 
 
 @kernels.register("Not", since=1)
@@ -263,7 +272,7 @@ def variadic(node: Node, ctx: CompileContext) -> KernelFn | None:
     def run(*xs):
         if len(xs) == 1:
             return (xs[0].copy(),)
-        acc = ufunc(xs[0], xs[1])
+        acc = as_array(ufunc(xs[0], xs[1]))
         for x in xs[2:]:
             if acc.shape == np.broadcast_shapes(acc.shape, x.shape):
                 ufunc(acc, x, out=acc)  # acc is ours: reuse it

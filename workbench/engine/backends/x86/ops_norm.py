@@ -3,9 +3,9 @@ InstanceNormalization.
 
 BatchNormalization folds its four parameter vectors into one scale and one shift (once, in
 the factory, when they are constants) and then costs one multiply-add pass. Layer and
-instance normalization share one numba kernel that normalizes each row of a 2-D view in
-two passes over data still in cache (mean, then centred variance, both in float64) and
-applies the affine part while writing.
+instance normalization share one numba kernel that normalizes each row of a 2-D view:
+mean, then centred variance (both float64 sums), then a pass that applies the affine part
+while writing; a row is usually still in cache for the second and third pass.
 """
 
 from __future__ import annotations
@@ -26,31 +26,35 @@ if TYPE_CHECKING:
 _NUMBA_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@njit
+# reassoc lets LLVM vectorize the two float64 sums (a fixed order per shape: results are
+# deterministic); the rest of the arithmetic is exact IEEE.
+@njit(fastmath={"reassoc", "nsz"})
 def _normalize_rows(x, eps, w, b, per_row, y, mean, rstd):  # pragma: no cover - compiled
     """Each row i of `x` (rows, n): y = (x - mean) * rstd, then scaled and shifted by
-    w[i], b[i] (`per_row`) or by w[j], b[j] per column."""
+    w[i], b[i] (`per_row`) or by w[j], b[j] per column. Sums and the centring are in
+    float64, so a large mean does not cost the small deviations their precision."""
     rows, n = x.shape
     for i in range(rows):
+        row = x[i]
         acc = 0.0
         for j in range(n):
-            acc += x[i, j]
+            acc += np.float64(row[j])
         mu = acc / n
         acc = 0.0
         for j in range(n):
-            d = x[i, j] - mu
+            d = np.float64(row[j]) - mu
             acc += d * d
         r = 1.0 / math.sqrt(acc / n + eps)
         mean[i] = mu
         rstd[i] = r
+        out = y[i]
         if per_row:
             s = w[i] * r
-            t = b[i] - mu * s
             for j in range(n):
-                y[i, j] = x[i, j] * s + t
+                out[j] = (np.float64(row[j]) - mu) * s + b[i]
         else:
             for j in range(n):
-                y[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
+                out[j] = (np.float64(row[j]) - mu) * r * w[j] + b[j]
 
 
 def _normalize(x2: np.ndarray, eps: float, w: np.ndarray, b: np.ndarray, per_row: bool):

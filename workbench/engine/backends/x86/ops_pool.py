@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..common import conv_pads
-from ._numba import declines_dtype, njit, wants_output
+from ._numba import declines_dtype, njit, u64, valid_range, wants_output
 from ._table import kernels
 
 if TYPE_CHECKING:
@@ -27,61 +27,97 @@ _SAME = ("SAME_UPPER", "SAME_LOWER")
 
 # -- numba kernels ----------------------------------------------------------------------------
 @njit
-def _maxpool2d(x, kh, kw, sh, sw, dh, dw, pt, pl, y, idx, want_idx, col_major):
-    """Max over each window of x (NC, H, W) into y (NC, OH, OW); flat argmax into idx."""
-    nc, h, w = x.shape
-    _, oh, ow = y.shape
-    for c in range(nc):
-        for p in range(oh):
-            hs = p * sh - pt
-            for q in range(ow):
-                ws = q * sw - pl
-                best = x[c, 0, 0]
-                at = -1
-                for i in range(kh):
-                    ih = hs + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = ws + j * dw
-                        if iw < 0 or iw >= w:
-                            continue
-                        v = x[c, ih, iw]
-                        if at < 0 or v > best:
-                            best = v
-                            at = iw * h + ih if col_major else ih * w + iw
-                if at < 0:  # a window made of padding only
-                    best = 0
-                y[c, p, q] = best
-                if want_idx:
-                    idx[c, p, q] = c * h * w + at if at >= 0 else -1
+def _tap_ranges(n_out, stride, pad, dil, k, size):
+    """Per output position: the first and past-the-last kernel tap inside [0, size), and
+    the window start; computed once per call instead of per output."""
+    lo = np.empty(n_out, np.int64)
+    hi = np.empty(n_out, np.int64)
+    start = np.empty(n_out, np.int64)
+    for o in range(n_out):
+        start[o] = o * stride - pad
+        lo[o], hi[o] = valid_range(start[o], dil, size, k)
+    return lo, hi, start
 
 
 @njit
-def _avgpool2d(x, kh, kw, sh, sw, dh, dw, pt, pl, r0h, r1h, r0w, r1w, y):
-    """Mean of each window of x (NC, H, W): the sum over taps inside the input divided by
-    the number of taps inside the counted region [r0h, r1h) x [r0w, r1w)."""
-    nc, h, w = x.shape
-    _, oh, ow = y.shape
+def _maxpool2d(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx, want_idx, cm):
+    """Max over each window of x (NC, H, W) into y (NC, OH, OW), all flat; with want_idx,
+    the flat argmax (over the whole tensor, plane column-major when cm) into idx.
+
+    Taps outer, output positions inner: the inner loop has no window-edge tests and no
+    data-dependent branch (a mispredicted one per tap costs more than the comparison).
+    """
+    ilo, ihi, hs = _tap_ranges(oh, sh, pt, dh, kh, h)
+    qlo = np.empty(kw, np.int64)
+    qhi = np.empty(kw, np.int64)
+    for j in range(kw):
+        qlo[j], qhi[j] = valid_range(j * dw - pl, sw, w, ow)
+    empty = np.ones(ow, np.bool_)
+    for j in range(kw):
+        for q in range(qlo[j], qhi[j]):
+            empty[q] = False
+    empty_cols = empty.any()
     for c in range(nc):
+        xb = c * h * w
         for p in range(oh):
-            hs = p * sh - pt
+            yb = (c * oh + p) * ow
             for q in range(ow):
-                ws = q * sw - pl
-                acc = 0.0
-                cnt = 0
-                for i in range(kh):
-                    ih = hs + i * dh
-                    if ih < r0h or ih >= r1h:
-                        continue
-                    for j in range(kw):
-                        iw = ws + j * dw
-                        if iw < r0w or iw >= r1w:
-                            continue
-                        cnt += 1
-                        if 0 <= ih < h and 0 <= iw < w:
-                            acc += x[c, ih, iw]
-                y[c, p, q] = acc / cnt
+                y[u64(yb + q)] = low
+                if want_idx:
+                    idx[u64(yb + q)] = -1
+            for i in range(ilo[p], ihi[p]):
+                rb = (hs[p] + i * dh) * w
+                for j in range(kw):
+                    off = rb + j * dw - pl
+                    if want_idx:
+                        for q in range(qlo[j], qhi[j]):
+                            v = x[u64(xb + off + q * sw)]
+                            gt = v > y[u64(yb + q)] or idx[u64(yb + q)] < 0
+                            idx[u64(yb + q)] = off + q * sw if gt else idx[u64(yb + q)]
+                            y[u64(yb + q)] = v if gt else y[u64(yb + q)]
+                    else:
+                        for q in range(qlo[j], qhi[j]):
+                            v = x[u64(xb + off + q * sw)]
+                            cur = y[u64(yb + q)]
+                            y[u64(yb + q)] = v if v > cur else cur
+            if ilo[p] == ihi[p]:  # windows made of padding only: 0, as the reference
+                for q in range(ow):
+                    y[u64(yb + q)] = 0
+            elif want_idx or empty_cols:
+                for q in range(ow):
+                    if empty[q]:
+                        y[u64(yb + q)] = 0
+                    elif want_idx:
+                        at = idx[u64(yb + q)]
+                        if cm:
+                            at = (at % w) * h + at // w
+                        idx[u64(yb + q)] = xb + at
+
+
+@njit
+def _avgpool2d(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cnt_h, cnt_w, y):
+    """Mean of each window of x (NC, H, W) into y (NC, OH, OW), all flat: the sum over taps
+    inside the input divided by cnt_h[p] * cnt_w[q], the taps the divisor counts. Loops
+    ordered as in _maxpool2d."""
+    ilo, ihi, hs = _tap_ranges(oh, sh, pt, dh, kh, h)
+    qlo = np.empty(kw, np.int64)
+    qhi = np.empty(kw, np.int64)
+    for j in range(kw):
+        qlo[j], qhi[j] = valid_range(j * dw - pl, sw, w, ow)
+    for c in range(nc):
+        xb = c * h * w
+        for p in range(oh):
+            yb = (c * oh + p) * ow
+            for q in range(ow):
+                y[u64(yb + q)] = 0.0
+            for i in range(ilo[p], ihi[p]):
+                rb = xb + (hs[p] + i * dh) * w
+                for j in range(kw):
+                    off = rb + j * dw - pl
+                    for q in range(qlo[j], qhi[j]):
+                        y[u64(yb + q)] += x[u64(off + q * sw)]
+            for q in range(ow):
+                y[u64(yb + q)] /= cnt_h[p] * cnt_w[q]
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -138,6 +174,14 @@ def _geom_getter(attrs: dict, kernel: list[int]) -> Callable[[tuple], _PoolGeom]
     return get
 
 
+def _counts(n_out: int, stride: int, pad: int, dil: int, k: int, size: int, end_pad) -> np.ndarray:
+    """Per output position along one axis, the taps an average divides by: those inside
+    the input, or (count_include_pad, `end_pad` given) inside input plus explicit pads."""
+    pos = np.arange(n_out)[:, None] * stride - pad + np.arange(k)[None, :] * dil
+    lo, hi = (-pad, size + end_pad) if end_pad is not None else (0, size)
+    return ((pos >= lo) & (pos < hi)).sum(axis=1).astype(np.float64)
+
+
 def _as_2d(g: _PoolGeom) -> tuple[int, ...]:
     """(kh, kw, sh, sw, dh, dw, pt, pl, pb, pr) with 1-D pools as height 1."""
     nsp = len(g.kernel)
@@ -147,25 +191,45 @@ def _as_2d(g: _PoolGeom) -> tuple[int, ...]:
     return (1, g.kernel[0], 1, g.strides[0], 1, g.dil[0], 0, g.pads[0], 0, g.pads[1])
 
 
+def _padded(x: np.ndarray, g: _PoolGeom, fill) -> np.ndarray:
+    """`x` padded at the beginning by the pads and at the end far enough for every window
+    (ceil_mode can reach past the end pads)."""
+    nsp = len(g.kernel)
+    ins = x.shape[2:]
+    span = [(g.kernel[i] - 1) * g.dil[i] + 1 for i in range(nsp)]
+    ends = [(g.out[i] - 1) * g.strides[i] + span[i] - ins[i] - g.pads[i] for i in range(nsp)]
+    widths = [(0, 0), (0, 0)] + [(g.pads[i], max(ends[i], 0)) for i in range(nsp)]
+    return np.pad(x, widths, constant_values=fill)
+
+
+def _windows(xp: np.ndarray, g: _PoolGeom) -> np.ndarray:
+    """View (N, C, *out, *kernel) of the windows of the padded input `xp`."""
+    nsp = len(g.kernel)
+    span = [(g.kernel[i] - 1) * g.dil[i] + 1 for i in range(nsp)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nsp)))
+    sl = (slice(None), slice(None), *(slice(None, None, s) for s in g.strides))
+    win = win[(*sl, *(slice(None, None, d) for d in g.dil))]
+    return win[(slice(None), slice(None), *(slice(0, o) for o in g.out))]
+
+
+def _max_generic(x: np.ndarray, g: _PoolGeom) -> np.ndarray:
+    """N-d max pool with numpy windows (padding never wins: it is the lowest value)."""
+    low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    nsp = len(g.kernel)
+    win = _windows(_padded(x, g, low), g)
+    return np.ascontiguousarray(win.max(axis=tuple(range(2 + nsp, 2 + 2 * nsp))))
+
+
 def _avg_generic(x: np.ndarray, g: _PoolGeom, include_pad: bool) -> np.ndarray:
     """N-d average pool with numpy windows; counts factor into per-axis counts."""
     nsp = len(g.kernel)
     ins = x.shape[2:]
-    span = [(g.kernel[i] - 1) * g.dil[i] + 1 for i in range(nsp)]
-    # pad the end far enough for every window (ceil_mode can reach past the pads)
-    ends = [
-        max((g.out[i] - 1) * g.strides[i] + span[i] - ins[i] - g.pads[i], 0) for i in range(nsp)
-    ]
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(g.pads[i], ends[i]) for i in range(nsp)])
-    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nsp)))
-    total = _windows(xp, g).sum(axis=tuple(range(2 + nsp, 2 + 2 * nsp)), dtype=x.dtype)
+    win = _windows(_padded(x, g, 0), g)
+    total = win.sum(axis=tuple(range(2 + nsp, 2 + 2 * nsp)), dtype=x.dtype)
     count = np.ones((), dtype=np.float64)
     for i in range(nsp):
-        lo = -g.pads[i] if include_pad else 0
-        hi = ins[i] + g.pads[i + nsp] if include_pad else ins[i]
-        pos = np.arange(g.out[i])[:, None] * g.strides[i] - g.pads[i]
-        pos = pos + np.arange(g.kernel[i])[None, :] * g.dil[i]
-        c = ((pos >= lo) & (pos < hi)).sum(axis=1)
+        end_pad = g.pads[i + nsp] if include_pad else None
+        c = _counts(g.out[i], g.strides[i], g.pads[i], g.dil[i], g.kernel[i], ins[i], end_pad)
         count = np.multiply.outer(count, c)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (total / count.astype(x.dtype)).astype(x.dtype, copy=False)
@@ -197,19 +261,19 @@ def average_pool(node: Node, ctx: CompileContext) -> Callable | None:
         h, w = (1, *x.shape[2:])[-2:]
         oh, ow = (1, *g.out)[-2:]
         y = np.empty((n * c, oh, ow), np.float32)
-        if include_pad:
-            r0h, r1h, r0w, r1w = -pt, h + pb, -pl, w + pr
-        else:
-            r0h, r1h, r0w, r1w = 0, h, 0, w
-        x3 = np.ascontiguousarray(x).reshape(n * c, h, w)
-        _avgpool2d(x3, kh, kw, sh, sw, dh, dw, pt, pl, r0h, r1h, r0w, r1w, y)
+        cnt_h = _counts(oh, sh, pt, dh, kh, h, pb if include_pad else None)
+        cnt_w = _counts(ow, sw, pl, dw, kw, w, pr if include_pad else None)
+        x1 = np.ascontiguousarray(x).reshape(-1)
+        _avgpool2d(
+            x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cnt_h, cnt_w, y.reshape(-1)
+        )
         return (y.reshape(n, c, *g.out),)
 
     run.algorithm = "window_loop" if nsp <= 2 else "generic"
     return run
 
 
-_NO_INDICES = np.zeros((1, 1, 1), np.int64)
+_NO_INDICES = np.zeros(1, np.int64)
 
 
 @kernels.register("MaxPool", since=1)
@@ -238,8 +302,12 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
         # the loop is dtype-generic: other dtypes compile their own (rare) specialization
         y = np.empty((n * c, oh, ow), x.dtype)
         idx = np.empty((n * c, oh, ow), np.int64) if want_idx else _NO_INDICES
-        x3 = np.ascontiguousarray(x).reshape(n * c, h, w)
-        _maxpool2d(x3, kh, kw, sh, sw, dh, dw, pt, pl, y, idx, want_idx, col_major)
+        x1 = np.ascontiguousarray(x).reshape(-1)
+        low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        _maxpool2d(
+            x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, x.dtype.type(low),
+            y.reshape(-1), idx.reshape(-1), want_idx, col_major,
+        )  # fmt: skip
         y = y.reshape(n, c, *g.out)
         return (y, idx.reshape(n, c, *g.out)) if want_idx else (y,)
 

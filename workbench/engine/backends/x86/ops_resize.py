@@ -7,8 +7,8 @@ linear, four for cubic, more when antialiasing a downscale). The tables depend o
 shapes and scales and are cached. Algorithms recorded as `run.algorithm`:
 
 - ``nearest_gather``: nearest mode, a numpy gather per resized axis (any rank, any dtype).
-- ``separable_hw``: linear/cubic on the last two axes of a 4-D float32 tensor, one numba
-  pass applying both tables (the common NCHW image resize).
+- ``separable_hw``: linear/cubic on the last two axes of a 4-D float32 tensor, a numba
+  loop applying both tables (the common NCHW image resize).
 - ``separable_generic``: linear/cubic elsewhere, one numpy weighted gather per axis.
 
 Opset 10 has neither `coordinate_transformation_mode` nor `nearest_mode`; it runs as
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...memory_guard import check_size
-from ._numba import const_input, declines_dtype, has_input, njit
+from ._numba import const_input, declines_dtype, has_input, njit, u64
 from ._table import kernels
 
 if TYPE_CHECKING:
@@ -46,22 +46,34 @@ _NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "legacy"
 
 
 @njit
-def _resize_hw(x, iy, wy, ix, wx, y):
-    """y[c, p, q] = sum_a wy[p, a] * sum_b wx[q, b] * x[c, iy[p, a], ix[q, b]]."""
-    nc = x.shape[0]
-    oh, ty = iy.shape
-    ow, tx = ix.shape
+def _resize_hw(x, nc, h, w, rows, iy, wy, ty, ix, wx, tx, oh, ow, y):
+    """y[c, p, q] = sum_a wy[p, a] * sum_b wx[q, b] * x[c, iy[p, a], ix[q, b]], all flat.
+
+    Two passes per channel: the input rows listed in `rows` resized along W into a float64
+    buffer, then output rows as weighted sums of those; both inner loops run over
+    contiguous positions, so they vectorize.
+    """
+    tmp = np.empty(h * ow, np.float64)
+    acc = np.empty(ow, np.float64)
     for c in range(nc):
+        xb = c * h * w
+        for r in rows:
+            for q in range(ow):
+                v = 0.0
+                for b in range(tx):
+                    v += wx[u64(q * tx + b)] * x[u64(xb + r * w + ix[u64(q * tx + b)])]
+                tmp[u64(r * ow + q)] = v
         for p in range(oh):
             for q in range(ow):
-                acc = 0.0
-                for a in range(ty):
-                    r = iy[p, a]
-                    row = 0.0
-                    for b in range(tx):
-                        row += wx[q, b] * x[c, r, ix[q, b]]
-                    acc += wy[p, a] * row
-                y[c, p, q] = acc
+                acc[u64(q)] = 0.0
+            for a in range(ty):
+                rb = iy[u64(p * ty + a)] * ow
+                wv = wy[u64(p * ty + a)]
+                for q in range(ow):
+                    acc[u64(q)] += wv * tmp[u64(rb + q)]
+            yb = (c * oh + p) * ow
+            for q in range(ow):
+                y[u64(yb + q)] = acc[u64(q)]
 
 
 # -- per-axis tables --------------------------------------------------------------------------
@@ -89,7 +101,7 @@ def _source_coords(
     elif mode == "tf_half_pixel_for_nearest":
         x = (y + 0.5) / scale
     elif mode == "tf_crop_and_resize":
-        r0, r1 = roi if roi is not None else (0.0, 1.0)
+        r0, r1 = roi if roi is not None else (0.0, 1.0)  # (r1 - r0) rounds in roi's dtype
         if out_f == 1:
             x = np.full(n_out, (r1 - r0) * (n_in - 1) / 2)
         else:
@@ -200,7 +212,8 @@ def _targets(
         raise ValueError("Resize needs one of scales or sizes")
     boxes = None
     if roi is not None:
-        flat = [float(v) for v in roi.reshape(-1)]
+        # numpy scalars of roi's own dtype: the reference computes the box in that precision
+        flat = list(roi.reshape(-1))
         if len(flat) != 2 * len(ax):
             raise ValueError(f"Resize roi has {len(flat)} values for {len(ax)} axes")
         boxes = [(0.0, 1.0)] * r
@@ -210,7 +223,9 @@ def _targets(
 
 
 def _identity(n_in: int, n_out: int, scale: float, box: tuple[float, float] | None) -> bool:
-    trivial_box = box is None or (math.isclose(box[0], 0.0) and math.isclose(box[1], 1.0))
+    trivial_box = box is None or (
+        math.isclose(float(box[0]), 0.0) and math.isclose(float(box[1]), 1.0)
+    )
     return n_in == n_out and math.isclose(scale, 1.0) and trivial_box
 
 
@@ -231,18 +246,34 @@ def _cast_back(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _apply(x: np.ndarray, tables: dict[int, _Axis], mode: str, ev: float, out_shape) -> np.ndarray:
     active = sorted(tables)
     if mode == "nearest":
-        y = x
-        for a in active:
-            y = np.take(y, tables[a].idx[:, 0], axis=a)
+        if active == list(range(active[0], active[-1] + 1)):
+            # adjacent axes: one broadcast fancy index, one pass over the output
+            k = len(active)
+            sel = tuple(
+                tables[a].idx[:, 0].reshape((-1,) + (1,) * (k - 1 - i))
+                for i, a in enumerate(active)
+            )
+            y = x[(slice(None),) * active[0] + sel]
+        else:
+            y = x
+            for a in active:
+                y = np.take(y, tables[a].idx[:, 0], axis=a)
         y = np.ascontiguousarray(y)
     elif x.ndim == 4 and x.dtype == np.float32 and set(active) <= {2, 3}:
         n, c, h, w = x.shape
         ty = tables.get(2) or _Axis(np.arange(h)[:, None], np.ones((h, 1)), None)
         tx = tables.get(3) or _Axis(np.arange(w)[:, None], np.ones((w, 1)), None)
         y = np.empty(out_shape, np.float32)
-        x3 = np.ascontiguousarray(x).reshape(n * c, h, w)
-        y3 = y.reshape(n * c, out_shape[2], out_shape[3])
-        _resize_hw(x3, ty.idx, ty.weights, tx.idx, tx.weights, y3)
+        oh, ow = out_shape[2], out_shape[3]
+        rows = np.unique(ty.idx)  # only the input rows some output row reads
+        x1 = np.ascontiguousarray(x).reshape(-1)
+        iy, wy, ix, wx = (
+            np.ascontiguousarray(a).reshape(-1) for a in (ty.idx, ty.weights, tx.idx, tx.weights)
+        )
+        _resize_hw(
+            x1, n * c, h, w, rows, iy, wy, ty.idx.shape[1], ix, wx, tx.idx.shape[1], oh, ow,
+            y.reshape(-1),
+        )  # fmt: skip
     else:
         y = x.astype(np.float64)
         for a in active:

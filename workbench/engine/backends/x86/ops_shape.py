@@ -439,9 +439,10 @@ def constant_of_shape(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not _std_dtype(value.dtype):
         return None
     fill, dt = value.reshape(-1)[0], value.dtype
+    fixed = _fixed_ints(node, 0)
 
     def run(shape):
-        dims = ints_of(shape)
+        dims = fixed if fixed is not None else ints_of(shape)
         check_size(dims, dt, "ConstantOfShape")
         return (np.full(dims, fill, dtype=dt),)
 
