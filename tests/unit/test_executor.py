@@ -84,3 +84,28 @@ def test_kernels_table_names_backend_and_fallbacks():
     assert all(r["backend"] in ("x86", "reference") for r in rows)
     assert all(r["fallback"] == (r["backend"] == "reference") for r in rows)
     assert len(sess.plan.fallbacks) == sum(r["fallback"] for r in rows)
+
+
+def test_sequences_go_in_and_come_out_as_lists():
+    seq_type = helper.make_sequence_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, None)
+    )
+    nodes = [
+        helper.make_node("SequenceInsert", ["s", "x"], ["s2"]),
+        helper.make_node("SequenceLength", ["s2"], ["n"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "seq",
+        [
+            helper.make_value_info("s", seq_type),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+        ],
+        [helper.make_value_info("s2", seq_type), helper.make_tensor_value_info("n", 7, [])],
+    )
+    model = wb.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.array([1.0, 2.0], np.float32)
+    out = wb.Session(model, "x86").run({"s": [x * 0], "x": x})
+    assert isinstance(out["s2"], list) and len(out["s2"]) == 2
+    np.testing.assert_array_equal(out["s2"][1], x)
+    assert int(out["n"]) == 2

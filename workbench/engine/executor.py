@@ -114,8 +114,10 @@ class Session:
         env = self.plan.new_env()
         to_device = self.backend.to_device
         for v, slot in self.plan.inputs:
-            if v.name in arrays:
-                env[slot] = to_device(host_cast(arrays[v.name], self.precision))
+            if v.name not in arrays:
+                continue
+            x = arrays[v.name]
+            env[slot] = to_device(host_cast(x, self.precision)) if isinstance(x, np.ndarray) else x
         return env
 
     def run(
@@ -128,7 +130,7 @@ class Session:
         """Run once. `keep=True` also stores every intermediate in `self.intermediates`."""
         env = execute(self.plan, self.prepare(feeds), keep=keep)
         self.backend.synchronize()
-        to_host = self.backend.to_host
+        to_host = self._to_host
         result = {name: to_host(env[slot]) for name, slot in self.plan.outputs}
         if outputs is not None:
             unknown = [o for o in outputs if o not in result]
@@ -142,6 +144,12 @@ class Session:
                 if v is not None and v.name and env[i] is not None and v.const is None
             }
         return result
+
+    def _to_host(self, x: Any) -> Any:
+        # sequences come back as lists and absent optionals as None, tensors as numpy
+        if isinstance(x, list):
+            return [self._to_host(item) for item in x]
+        return None if x is None else self.backend.to_host(x)
 
     def random_feeds(self, dims: Mapping[str, int] | None = None, seed: int = 0) -> dict:
         """Deterministic feeds from the model's declared inputs (see `feeds.random_feeds`)."""

@@ -49,6 +49,9 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any] | None) -> dict[str, np.n
     out: dict[str, np.ndarray] = {}
     for name, raw in feeds.items():
         v = expected[name]
+        if v.type_proto is not None:  # a sequence or optional input: passed as given
+            out[name] = raw
+            continue
         arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
         want = v.dtype
         if want is not None and arr.dtype != want:

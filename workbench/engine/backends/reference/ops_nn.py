@@ -52,7 +52,8 @@ def conv(node, ctx):
         span = [(k[i] - 1) * dil[i] + 1 for i in range(nsp)]
         win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nsp)))
         sl = (slice(None), slice(None))
-        sl += tuple(slice(None, None, s) for s in strides) + tuple(slice(None, None, d) for d in dil)
+        sl += tuple(slice(None, None, s) for s in strides)
+        sl += tuple(slice(None, None, d) for d in dil)
         win = win[sl]  # N, C, *out, *k
         n, c = x.shape[:2]
         m = w.shape[0]
