@@ -37,12 +37,15 @@ def test_report_on_three_ops(tmp_path):
     by_op = report.by_op()
     assert set(by_op) == {"Scan", "Scatter", "Bernoulli"}
     assert by_op["Scan"]["pass"] == 4 and by_op["Scatter"]["pass"] == 2
-    assert by_op["Bernoulli"]["mismatch"] == 6
+    # a random draw can match the recorded one by chance (small outputs), so only the sum holds
+    assert by_op["Bernoulli"]["mismatch"] + by_op["Bernoulli"]["pass"] == 6
+    assert by_op["Bernoulli"]["mismatch"] >= 1
     assert sum(report.totals().values()) == len(report.results) == 12
 
     text = report.format()
     assert "ONNX node conformance on reference: 12 cases" in text
-    assert "6 pass, 6 mismatch, 0 unsupported, 0 error" in text
+    n_pass = report.totals()["pass"]
+    assert f"{n_pass} pass, {12 - n_pass} mismatch, 0 unsupported, 0 error" in text
     assert "Bernoulli" in text and "values differ" in text  # failing op with an example
     assert "known deviations" in text and "random output" in text
 

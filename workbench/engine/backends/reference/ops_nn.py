@@ -69,3 +69,43 @@ def conv(node, ctx):
         return (y.astype(x.dtype, copy=False),)
 
     return run
+
+
+def _coerced_2d(fn):
+    """Softmax-family before opset 13: flatten to 2-D at `axis` (default 1), normalize each
+    row over everything from `axis` on, restore the shape. onnx.reference normalizes along
+    `axis` alone, which differs whenever `axis` is not the last dim."""
+
+    def factory(node, ctx):
+        axis = int(node.attrs.get("axis", 1))
+
+        def run(x):
+            a = axis % x.ndim if x.ndim else 0
+            rows = int(np.prod(x.shape[:a], dtype=np.int64))
+            flat = x.reshape(rows, -1)
+            return (fn(flat).reshape(x.shape).astype(x.dtype, copy=False),)
+
+        return run
+
+    return factory
+
+
+def _softmax_rows(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _log_softmax_rows(z):
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _hardmax_rows(z):
+    out = np.zeros_like(z)
+    out[np.arange(z.shape[0]), z.argmax(axis=1)] = 1
+    return out
+
+
+kernels.register("Softmax", since=1, until=12)(_coerced_2d(_softmax_rows))
+kernels.register("LogSoftmax", since=1, until=12)(_coerced_2d(_log_softmax_rows))
+kernels.register("Hardmax", since=1, until=12)(_coerced_2d(_hardmax_rows))

@@ -33,6 +33,8 @@ F32 = np.dtype(np.float32)
 u64 = numba.uint64
 
 
+# numba's disk cache does not track calls across files: after editing this helper, clear
+# the cache (NUMBA_CACHE_DIR) or the kernels inlining it keep their old machine code.
 @njit(inline="always")
 def valid_range(off, stride, limit, count):
     """[lo, hi): the q in [0, count) with 0 <= q * stride + off < limit (window edges)."""

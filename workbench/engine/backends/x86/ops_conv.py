@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 
 # -- numba kernels ----------------------------------------------------------------------------
 @njit
-def _im2col(x, c0, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
+def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
     """Columns of one image: col[(c, i, j), (p, q)] = x[c, p*sh - pt + i*dh, q*sw - pl + j*dw]
-    for the nc channels from c0 (x flat, from that image's start; col flat)."""
+    (x the image's nc x h x w values, col, both flat)."""
     ncol = oh * ow
     for c in range(nc):
         for i in range(kh):
@@ -61,7 +61,7 @@ def _im2col(x, c0, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
                         continue
                     for q in range(lo):
                         col[u64(dst + q)] = 0.0
-                    src = ((c0 + c) * h + ih) * w + off
+                    src = (c * h + ih) * w + off
                     if sw == 1:
                         for q in range(lo, hi):
                             col[u64(dst + q)] = x[u64(src + q)]
@@ -200,13 +200,8 @@ class _ConvGeom:
                 f"Conv output would be empty: input {list(xs)}, kernel {kernel}, pads {pads}"
             )
         self.n, self.c, self.m, self.cg, self.group, self.nsp = n, c, m, cg, group, nsp
-        self.kernel, self.strides, self.dilations, self.pads, self.out = (
-            kernel,
-            strides,
-            dil,
-            pads,
-            out,
-        )
+        self.kernel, self.strides, self.dilations = kernel, strides, dil
+        self.pads, self.out = pads, out
         self.algorithm = _choose(kernel, strides, not any(pads), group, cg)
         if nsp <= 2:
             pad2 = [0] * (2 - nsp)
@@ -252,6 +247,7 @@ def _conv_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvGe
     win = _windows(xp, g.kernel, g.strides, g.dilations)
     dt = np.result_type(x, w)
     mg = g.m // g.group
+    check_size((g.n, g.m, *g.out), dt, "Conv output")
     y = np.empty((g.n, g.m, *g.out), dtype=dt)
     red = [1, *range(2 + nsp, 2 + 2 * nsp)]  # channel and kernel axes of the windows
     for k in range(g.group):
@@ -274,7 +270,7 @@ def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, b: np.ndarray | None)
     x4 = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
     alg = g.algorithm
     if alg == "depthwise":
-        bias = b if b is not None else np.zeros(g.m, np.float32)
+        bias = f32c(b) if b is not None else np.zeros(g.m, np.float32)
         _depthwise(
             x4.reshape(-1), wg.reshape(-1), bias, g.n, g.c, g.h, g.w, g.m, g.kh, g.kw,
             g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, y.reshape(-1),
@@ -292,7 +288,7 @@ def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, b: np.ndarray | None)
         col = scratch((g.c * g.kh * g.kw, p), "Conv im2col buffer")
         for n in range(g.n):
             _im2col(
-                x4[n].reshape(-1), 0, g.c, g.h, g.w, g.kh, g.kw,
+                x4[n].reshape(-1), g.c, g.h, g.w, g.kh, g.kw,
                 g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, col.reshape(-1),
             )  # fmt: skip
             if g.group == 1:
@@ -346,6 +342,7 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
         nsp = len(kernel)
         strides = _ints(attrs.get("strides"), nsp, 1)
         auto_pad = attrs.get("auto_pad", "NOTSET")
+        # only read for 1x1 stride-1 kernels, where SAME_* and VALID both mean no padding
         pads_zero = auto_pad != "NOTSET" or not any(attrs.get("pads") or [0])
         run.algorithm = _choose(kernel, strides, pads_zero, group, ws[1])
     return run

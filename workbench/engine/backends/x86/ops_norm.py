@@ -178,7 +178,7 @@ def instance_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
         rows = n * c
         w = np.tile(scale.reshape(-1), n)
         b = np.tile(bias.reshape(-1), n)
-        y, _, _ = _normalize(x.reshape(rows, -1) if rows else x.reshape(0, 0), eps, w, b, True)
+        y, _, _ = _normalize(x.reshape(rows, math.prod(x.shape[2:])), eps, w, b, True)
         return (y.reshape(x.shape),)
 
     return run

@@ -1,10 +1,11 @@
 """x86 pooling: MaxPool (with its optional Indices output), AveragePool, GlobalAveragePool
 and GlobalMaxPool.
 
-1-D and 2-D windows run in numba loops (``window_loop``; 1-D as height 1); 3-D and
-non-float32 average pools use numpy strided windows (``generic``). The global pools are
-numpy reductions (``reduce``). Output sizes follow the ONNX/PyTorch rule for ceil_mode:
-the last window must start inside the input or its begin padding.
+1-D and 2-D windows run in numba loops (``window_loop``; 1-D as height 1); 3-D pools and
+non-float32 average pools use numpy strided windows (``generic``); a 3-D MaxPool asked
+for its Indices is declined (the reference backend runs it). The global pools are numpy
+reductions (``reduce``). Output sizes follow the ONNX/PyTorch rule for ceil_mode: the
+last window must start inside the input or its begin padding.
 """
 
 from __future__ import annotations

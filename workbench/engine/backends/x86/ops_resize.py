@@ -119,7 +119,7 @@ def _source_coords(
 
 
 def _nearest_index(x: np.ndarray, rule: str, scale: float) -> np.ndarray:
-    if rule == "legacy":  # opset 10, as onnxruntime: truncate up, round up down-sampling
+    if rule == "legacy":  # opset 10, as onnxruntime: floor on upsampled axes, ceil on downsampled
         rule = "ceil" if scale < 1 else "floor"
     if rule == "round_prefer_floor":
         i = np.ceil(x - 0.5)
@@ -322,8 +322,11 @@ def resize(node: Node, ctx: CompileContext) -> Callable | None:
     # input positions: opset 10 is (X, scales); later (X, roi, scales, sizes)
     i_roi, i_scales, i_sizes = (None, 1, None) if legacy else (1, 2, 3)
     consts = {i: _nonempty(const_input(node, i)) for i in (i_roi, i_scales, i_sizes) if i}
-    static = all(i is None or not has_input(node, i) or const_input(node, i) is not None
-                 for i in (i_roi, i_scales, i_sizes))  # fmt: skip
+    # with roi/scales/sizes all constant (or absent) the tables depend on the shape alone
+    static = all(
+        i is None or not has_input(node, i) or const_input(node, i) is not None
+        for i in (i_roi, i_scales, i_sizes)
+    )
     cache: dict[tuple, tuple] = {}
 
     def plan(shape: tuple[int, ...], roi, scales, sizes) -> tuple:
@@ -363,7 +366,7 @@ def resize(node: Node, ctx: CompileContext) -> Callable | None:
         return (_apply(x, tables, mode, ev, out),)
 
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
-    resized = set(axes) if axes else None
+    resized = {ax % rank for ax in axes} if axes and rank else None
     scales_c = consts.get(i_scales)
     if resized is None and scales_c is not None and rank is not None and scales_c.size == rank:
         resized = {i for i, s in enumerate(scales_c.reshape(-1)) if not math.isclose(s, 1.0)}
