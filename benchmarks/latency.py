@@ -77,8 +77,10 @@ def main(argv=None) -> int:
 
     import workbench as wb
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{THREADS} threads, workbench {wb.__version__}, backend {args.backend}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{THREADS} threads, workbench {wb.__version__}, backend {args.backend}"
+    )
     print(f"{'model':14} {'ours ms':>10} {'ort ms':>10} {'ratio':>7} {'fallbacks':>10}")
     ratios = []
     for name in args.models.split(","):

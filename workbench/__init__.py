@@ -1,10 +1,10 @@
 """workbench: a Jupyter-centric workbench for inference optimization.
 
-    import workbench as wb
-    model = wb.load("model.onnx")          # or bytes, or an onnx.ModelProto
-    sess = wb.Session(model, backend="x86")
-    outputs = sess.run(feeds)
-    wb.backends()                          # what can run here, and why not
+import workbench as wb
+model = wb.load("model.onnx")          # or bytes, or an onnx.ModelProto
+sess = wb.Session(model, backend="x86")
+outputs = sess.run(feeds)
+wb.backends()                          # what can run here, and why not
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -23,7 +24,5 @@ def configure_numba_cache() -> None:
     """numba writes its on-disk cache beside the source by default, which fails for a
     read-only install; point it at our cache folder unless the user chose one."""
     if "NUMBA_CACHE_DIR" not in os.environ:
-        try:
+        with contextlib.suppress(OSError):  # no writable home: numba's default applies
             os.environ["NUMBA_CACHE_DIR"] = str(cache_dir("numba"))
-        except OSError:
-            pass

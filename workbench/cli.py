@@ -1,9 +1,9 @@
 """The `workbench` command line.
 
-    workbench run [MODEL]            run on every available backend, compare with reference
-    workbench backends               what can run here, and why not
-    workbench zoo                    the built-in models
-    workbench conformance --backend x86
+workbench run [MODEL]            run on every available backend, compare with reference
+workbench backends               what can run here, and why not
+workbench zoo                    the built-in models
+workbench conformance --backend x86
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         diff = _max_diff(out, ref_out) if ref_out is not None else "-"
         fb = len(sess.plan.fallbacks)
         kernels = f"{len(sess.plan.steps)} ({fb} fallback)"
-        rows.append((info.name, shapes, f"{median * 1e3:.2f} ms", kernels, diff, f"{compile_s:.2f}s"))
+        timing = f"{median * 1e3:.2f} ms"
+        rows.append((info.name, shapes, timing, kernels, diff, f"{compile_s:.2f}s"))
     if args.onnxruntime:
         rows.append(_onnxruntime_row(model, feeds, ref_out, args.repeat))
     headers = ("backend", "outputs", "median", "kernels", "max |diff| vs reference", "compile")

@@ -1,9 +1,9 @@
 """Helpers for checking kernels and backends: one-node models and tolerant comparisons.
 
-    from workbench.testing import run_node, assert_close
-    (y,) = run_node("x86", "Relu", [x])
-    (ref,) = run_node("reference", "Relu", [x])
-    assert_close(y, ref)
+from workbench.testing import run_node, assert_close
+(y,) = run_node("x86", "Relu", [x])
+(ref,) = run_node("reference", "Relu", [x])
+assert_close(y, ref)
 """
 
 from __future__ import annotations

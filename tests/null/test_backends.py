@@ -26,7 +26,7 @@ def test_every_product_backend_is_listed_with_a_reason_when_absent():
 
 
 def test_unknown_and_unavailable_backends_raise_clear_errors():
-    with pytest.raises(wb.BackendUnavailableError, match="unknown backend 'tpu'.*reference"):
+    with pytest.raises(wb.BackendUnavailableError, match=r"unknown backend 'tpu'.*reference"):
         wb.get_backend("tpu")
     unavailable = [b for b in wb.backends() if not b.available]
     if unavailable:

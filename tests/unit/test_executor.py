@@ -48,8 +48,10 @@ def test_keep_records_every_intermediate_and_matches_onnxruntime():
     assert set(sess.intermediates) == {"x", "h", "hb", "t", "y"}
     want = ort.InferenceSession(wb.to_onnx(model).SerializeToString()).run(None, {"x": x})[0]
     assert_close(out["y"], want)
-    assert_close(sess.intermediates["t"], np.max(sess.intermediates["t"], -1, keepdims=True) * 0
-                 + sess.intermediates["t"])
+    assert_close(
+        sess.intermediates["t"],
+        np.max(sess.intermediates["t"], -1, keepdims=True) * 0 + sess.intermediates["t"],
+    )
 
 
 def test_without_keep_intermediates_are_released():
@@ -70,7 +72,7 @@ def test_fp64_reference_returns_float64_close_to_fp32():
 
 
 def test_unknown_precision_and_output_are_clear_errors():
-    with pytest.raises(wb.WorkbenchError, match="no precision 'fp8'.*fp32"):
+    with pytest.raises(wb.WorkbenchError, match=r"no precision 'fp8'.*fp32"):
         wb.Session(_mlp(), "x86", precision="fp8")
     sess = wb.Session(_mlp(), "x86")
     with pytest.raises(wb.FeedError, match="unknown output 'z'"):

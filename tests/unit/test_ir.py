@@ -55,7 +55,7 @@ def test_insert_before_and_topological_sort():
 
 
 def test_cycle_is_reported():
-    g, (relu, neg, add) = _chain()
+    g, (relu, _, add) = _chain()
     relu.set_input(0, add.outputs[0])
     with pytest.raises(ValueError, match="cycle"):
         g.topological_sort()

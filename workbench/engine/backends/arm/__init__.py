@@ -23,7 +23,7 @@ class ArmBackend(Backend):
         if host in ("aarch64", "arm64"):
             why = "host is aarch64, but the aarch64 worker is not built yet"
         else:
-            why = f"host is {host}; the emulated aarch64 worker (workbench arm setup) is not built yet"
+            why = f"host is {host}; the emulated aarch64 worker is not built yet"
         return Availability(False, "unavailable", why)
 
 
