@@ -12,7 +12,10 @@ Per spatial axis (k kernel, s stride, d dilation, op output_padding):
 with the pads coming from
   explicit `pads`         as given (auto_pad NOTSET)
   VALID                   zero
-  SAME_UPPER/SAME_LOWER   total = full - in * s, so that out = in * s
+  SAME_UPPER/SAME_LOWER   total = full - in * s, so that out = in * s; never negative (a
+                          kernel shorter than the stride gives out = full < in * s), as
+                          for Conv and the pools, and as onnx's shape inference and
+                          onnxruntime have it
   `output_shape`          total = full - output_shape (explicit pads are then ignored)
 and a total split into (total - total // 2, total // 2) — the larger half first — except
 for SAME_UPPER, which puts it last: the spec's formula, also for NOTSET with output_shape.
@@ -39,9 +42,11 @@ def conv_transpose_pads(
         for i in range(n)
     ]
     if output_shape:
-        target = list(output_shape)[-n:]  # it may also list N and C
+        if len(output_shape) != n:
+            raise ValueError(f"ConvTranspose output_shape {list(output_shape)} for {n} axes")
+        target = list(output_shape)
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = [in_spatial[i] * strides[i] for i in range(n)]
+        target = [min(in_spatial[i] * strides[i], full[i]) for i in range(n)]
     elif auto_pad == "VALID" or not pads:
         return full, [0] * n, [0] * n
     else:
@@ -97,9 +102,7 @@ def conv_transpose(node, ctx):
         # crop the pads; a negative pad appends zeros instead
         grow = [(0, 0), (0, 0)] + [(max(-p, 0), max(-q, 0)) for p, q in zip(begin, end)]
         y = np.pad(y, grow)
-        crop = tuple(
-            slice(max(begin[i], 0), y.shape[2 + i] - max(end[i], 0)) for i in range(nsp)
-        )
+        crop = tuple(slice(max(begin[i], 0), y.shape[2 + i] - max(end[i], 0)) for i in range(nsp))
         y = y[(slice(None), slice(None), *crop)]
         if b is not None:
             y = y + b.reshape((1, m) + (1,) * nsp)

@@ -70,7 +70,7 @@ def _windows(x, fill, k, strides, dil, begin, out):
     span = [(k[i] - 1) * dil[i] + 1 for i in range(n)]
     need = [max(out[i] - 1, 0) * strides[i] + span[i] for i in range(n)]  # padded length read
     after = [max(need[i] - begin[i] - x.shape[2 + i], 0) for i in range(n)]
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, after)), constant_values=fill)
+    xp = np.pad(x, [(0, 0), (0, 0), *zip(begin, after)], constant_values=fill)
     win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + n)))
     sl = (slice(None), slice(None))
     sl += tuple(slice(0, out[i] * strides[i], strides[i]) for i in range(n))
@@ -118,15 +118,18 @@ def max_pool(node, ctx):
         if x.dtype.kind == "f":
             hit |= np.isnan(win) & np.isnan(m)  # a NaN maximum: the first NaN
         hit &= valid
-        tap = hit.reshape(*y.shape, math.prod(k)).argmax(axis=-1)
-        taps = np.unravel_index(tap, k)
+        hit = hit.reshape(*y.shape, math.prod(k))
+        taps = np.unravel_index(hit.argmax(axis=-1), k)
         where = []
         for i in range(n):
             o = np.arange(out[i]).reshape([-1 if a == i else 1 for a in range(n)])
-            where.append(pos[i][o, taps[i]])
+            where.append(np.clip(pos[i][o, taps[i]], 0, spatial[i] - 1))
         flat = np.ravel_multi_index(where, spatial, order="F" if storage_order else "C")
         nc = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[0], x.shape[1], *([1] * n))
         indices = nc * math.prod(spatial) + flat
+        # a window of padding alone (pads >= kernel, or dilation stepping over the input)
+        # has no element to point at: its max is the lowest value and its index -1
+        indices = np.where(hit.any(axis=-1), indices, -1)
         return (y, indices.astype(np.int64))
 
     return run
