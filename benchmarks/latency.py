@@ -34,7 +34,18 @@ def _ort_session(proto, threads: int):
     return ort.InferenceSession(proto.SerializeToString(), opts)
 
 
-def measure(name: str, backend: str, repeat: int, warmup: int, threads: int) -> dict:
+def _timed(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(
+    name: str, backend: str, repeat: int, warmup: int, threads: int, block: int = 5
+) -> dict:
     import workbench as wb
     from workbench import zoo
 
@@ -47,14 +58,12 @@ def measure(name: str, backend: str, repeat: int, warmup: int, threads: int) -> 
         sess.run(feeds)
         ort_sess.run(None, feeds)
     ours, theirs = [], []
-    for _ in range(repeat):  # alternate, so drift in machine load hits both alike
-        t0 = time.perf_counter()
-        sess.run(feeds)
-        t1 = time.perf_counter()
-        ort_sess.run(None, feeds)
-        t2 = time.perf_counter()
-        ours.append(t1 - t0)
-        theirs.append(t2 - t1)
+    # Alternate in blocks, so drift in machine load hits both alike, and drop each block's
+    # first run: BLAS worker threads keep spinning for a while after a call and would tax
+    # whichever engine runs right after the other.
+    for _ in range(max(1, repeat // block)):
+        ours += _timed(lambda: sess.run(feeds), block + 1)[1:]
+        theirs += _timed(lambda: ort_sess.run(None, feeds), block + 1)[1:]
     m_ours, m_ort = float(np.median(ours)), float(np.median(theirs))
     return {
         "model": name,
@@ -72,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--block", type=int, default=5, help="runs per engine before switching")
     args = p.parse_args(argv)
     import platform
 
@@ -84,7 +94,7 @@ def main(argv=None) -> int:
     print(f"{'model':14} {'ours ms':>10} {'ort ms':>10} {'ratio':>7} {'fallbacks':>10}")
     ratios = []
     for name in args.models.split(","):
-        r = measure(name, args.backend, args.repeat, args.warmup, int(THREADS))
+        r = measure(name, args.backend, args.repeat, args.warmup, int(THREADS), args.block)
         ratios.append(r["ratio"])
         print(
             f"{r['model']:14} {r['ours_ms']:10.2f} {r['ort_ms']:10.2f} {r['ratio']:7.2f} "
