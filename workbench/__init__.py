@@ -26,6 +26,7 @@ from .engine import (  # noqa: E402
     to_onnx,
 )
 from .engine.backends import backends  # noqa: E402
+from .engine.passes import optimize  # noqa: E402
 from .errors import (  # noqa: E402
     AllocationError,
     BackendUnavailableError,
@@ -66,6 +67,7 @@ __all__ = [
     "backends",
     "get_backend",
     "load",
+    "optimize",
     "run_model",
     "save",
     "to_onnx",

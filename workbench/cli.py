@@ -158,6 +158,24 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    import workbench as wb
+    from workbench.engine.passes import optimize
+
+    model = load_model_arg(args.model)
+    disabled = args.disable.split(",") if args.disable else ()
+    result = optimize(model, args.level, args.backend, disabled=disabled)
+    print(result.summary())
+    if args.output:
+        path = wb.save(result.after, args.output, external_data=args.external_data)
+        print(f"optimized model written to {path}")
+    return 0
+
+
+# Subcommands contributed by other parts of the package: each module has register(sub).
+_EXTENSIONS = ("workbench.profiler.cli",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks for workbench errors")
@@ -186,6 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", help="write the JSON report here")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_conformance)
+
+    o = sub.add_parser("optimize", help="run the passes; print what changed; export the result")
+    o.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="ONNX file or zoo model name")
+    o.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions")
+    o.add_argument("--backend", default="x86", help="the backend the fusions target")
+    o.add_argument("--disable", help="comma-separated pass names to skip")
+    o.add_argument("-o", "--output", help="write the optimized ONNX model here")
+    o.add_argument("--external-data", action="store_true", help="weights in OUTPUT.data")
+    o.set_defaults(func=cmd_optimize)
+
+    import importlib
+
+    for name in _EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the extension exists but something it needs is missing
+                raise
+            continue
+        module.register(sub)
     return p
 
 

@@ -178,3 +178,24 @@ def test_loop_runs_natively():
     out = sess.run({"x": x})
     np.testing.assert_array_equal(out["acc"], want[0])
     np.testing.assert_array_equal(out["scans"], want[1])
+
+
+def test_clone_is_independent_but_shares_weights():
+    model = wb.load(_if_model())
+    copy = model.clone()
+    g, c = model.graph, copy.graph
+    assert [n.name for n in c] == [n.name for n in g]
+    assert all(a is not b for a, b in zip(c.nodes, g.nodes))
+    assert c.initializers["w"] is not g.initializers["w"]
+    assert c.initializers["w"].const is g.initializers["w"].const  # weights are shared
+    # subgraph captures point at the clone's own values
+    then = c.nodes[-1].attrs["then_branch"]
+    assert then.nodes[0].inputs[1] is c.initializers["w"]
+    assert then.nodes[0].inputs[0] is c.inputs[0]
+    c.remove(c.nodes[-1], safe=False)
+    assert len(g.nodes) == 3 and len(c.nodes) == 2
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(
+        wb.Session(model.clone(), "x86").run({"x": x})["y"],
+        wb.Session(model, "x86").run({"x": x})["y"],
+    )

@@ -80,9 +80,18 @@ class Session:
         backend: str = "x86",
         *,
         precision: str | None = None,
+        level: int = 0,
     ) -> None:
-        self.model = model if isinstance(model, Model) else load(model)
+        source = model if isinstance(model, Model) else load(model)
         self.backend = get_backend(backend)
+        self.level = level
+        self.optimized = None  # the OptimizeResult when level > 0
+        self.model = source
+        if level > 0:
+            from .passes import optimize
+
+            self.optimized = optimize(source, level, self.backend.name)
+            self.model = self.optimized.after
         self.precision = precision or self.backend.default_precision
         if self.precision not in self.backend.precisions:
             raise WorkbenchError(

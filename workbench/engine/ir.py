@@ -282,6 +282,49 @@ class Graph:
             raise ValueError(f"graph {self.name!r} has a cycle through nodes {stuck}")
         self.nodes = order
 
+    def clone(self, _outer: dict[int, Value] | None = None, _parent: Graph | None = None) -> Graph:
+        """A structural copy: new Graph/Node/Value objects, shared constant arrays (weights are
+        never written in place), copied `meta` dicts. Captured outer values map to the
+        enclosing clone's values."""
+        vmap: dict[int, Value] = dict(_outer or {})
+
+        def copy_value(v: Value) -> Value:
+            new = Value(v.name, v.elem_type, v.shape, v.const, v.type_proto)
+            new.meta = dict(v.meta)
+            vmap[id(v)] = new
+            return new
+
+        g = Graph(self.name, parent=_parent)
+        g.doc_string, g.meta = self.doc_string, dict(self.meta)
+        for v in self.initializers.values():
+            g.add_initializer(copy_value(v))
+        for v in self.inputs:
+            g.add_input(vmap[id(v)] if id(v) in vmap and v.const is not None else copy_value(v))
+        for n in self.nodes:
+            attrs = {}
+            for k, a in n.attrs.items():
+                if isinstance(a, Graph):
+                    a = a.clone(vmap, g)
+                elif isinstance(a, list) and a and isinstance(a[0], Graph):
+                    a = [s.clone(vmap, g) for s in a]
+                attrs[k] = a
+            inputs = [None if v is None else vmap.get(id(v), v) for v in n.inputs]
+            outputs = [copy_value(v) for v in n.outputs]
+            m = Node(
+                n.op_type,
+                inputs,
+                outputs,
+                attrs,
+                name=n.name,
+                domain=n.domain,
+                attr_types=n.attr_types,
+            )
+            m.doc_string, m.meta = n.doc_string, dict(n.meta)
+            g.append(m)
+        g.outputs = [vmap.get(id(v), v) for v in self.outputs]
+        g.value_info = {k: vmap[id(v)] for k, v in self.value_info.items() if id(v) in vmap}
+        return g
+
     def walk(self) -> Iterator[Node]:
         """Every node, including those in subgraphs (depth first)."""
         for n in self.nodes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,10 @@ class Model:
     functions: list[Any] = field(default_factory=list)  # onnx.FunctionProto, kept verbatim
     path: Path | None = None  # where it was loaded from, if a file
     sha256: str = ""  # of the serialized model as read (weights in external files excluded)
+
+    def clone(self) -> Model:
+        """A copy whose graph can be edited without touching this one (weights shared)."""
+        return replace(self, graph=self.graph.clone(), metadata=dict(self.metadata))
 
     @property
     def name(self) -> str:

@@ -200,6 +200,7 @@ class _Ctx:
         self.base_dir = base_dir
         self.types = types  # value name -> TypeProto, after shape inference
         self.originals = originals  # initializer name -> original TensorProto (with data)
+        self.names: set[str] = set()  # node names taken so far, subgraphs included
 
 
 def _collect_initializers(g: onnx.GraphProto, out: dict) -> None:
@@ -441,6 +442,8 @@ def _graph_from_proto(
             attr_types=attr_types,
         )
         node.doc_string = np_.doc_string
+        node.name = _unique_name(node, ctx.names)
+        node.meta["origin"] = (node.name,)  # provenance: the ONNX nodes this node stands for
         g.append(node)
         for v in outputs:
             if v.name:
@@ -457,6 +460,17 @@ def _graph_from_proto(
         if vi.name in local:
             g.value_info[vi.name] = local[vi.name]
     return g
+
+
+def _unique_name(node: Node, taken: set[str]) -> str:
+    """The node's own name, or `<op>_<n>` when it has none (or a duplicate): provenance and
+    profiles refer to nodes by name, so every node gets one that is unique in the model."""
+    name = node.name or f"{node.op_type}_{len(taken)}"
+    base, k = name, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
 
 
 def _attrs_from_proto(
