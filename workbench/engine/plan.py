@@ -2,8 +2,9 @@
 
 The executor then only indexes a list: `env[slot]`. Slot 0 always holds None (for
 omitted optional inputs) and slot 1 is a sink for outputs nobody named. Each step
-knows which slots die with it, so intermediates are released as soon as they are
-dead (the memory planner will lay them out in an arena instead).
+knows which slots die with it, so a run without an arena releases intermediates as
+soon as they are dead, and whether its kernel writes into given buffers (`writes_out`)
+and may overwrite a dying input (`inplace`), which the memory planner (memory.py) uses.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Step:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     free: tuple[int, ...] = ()  # slots whose last reader is this step
+    writes_out: bool = False  # run(*inputs, out=(array | None, ...)) writes into out
+    inplace: tuple[int, ...] = ()  # inputs whose buffer output 0 may take over
 
 
 @dataclass
@@ -88,7 +91,9 @@ def compile_plan(
         reads = [*node.inputs, *node.implicit_inputs()]
         ins = tuple(NONE_SLOT if v is None else slot_of(v) for v in reads)
         outs = tuple(slot_of(v) if v.name else SINK_SLOT for v in node.outputs)
-        plan.steps.append(Step(node, kernel, kernel.run, ins, outs))
+        run = kernel.run  # the attributes of the callable the executor calls (after guards)
+        writes, inplace = getattr(run, "writes_out", False), getattr(run, "inplace", ())
+        plan.steps.append(Step(node, kernel, run, ins, outs, (), writes, tuple(inplace)))
     for v in graph.outputs:
         plan.outputs.append((v.name, slot_of(v)))
     _mark_frees(plan)

@@ -1,1 +1,15 @@
-"""Per-kernel timing, memory and numeric diffs (built on the executor's plan)."""
+"""Per-kernel timing, FLOPs and bytes, machine roofline, traces and the run store.
+
+prof = wb.profile(model, backend="x86", repeat=20)   # a Profile, saved as it completes
+prof.kernels                                          # pandas DataFrame, one row per kernel
+wb.runs()                                             # every stored profile and comparison
+wb.Profile.load(path)                                 # one back, after a restart
+"""
+
+from __future__ import annotations
+
+from .machine import machine_info
+from .profile import Profile, profile
+from .store import load_run, runs, runs_root, save_run
+
+__all__ = ["Profile", "load_run", "machine_info", "profile", "runs", "runs_root", "save_run"]

@@ -17,6 +17,22 @@ decided in the factory, so the per-call work is the arithmetic alone.
         def run(x):
             return (np.where(x >= 0, x, x * alpha),)
         return run
+
+Destination passing (opt in, for the memory planner's arena): a kernel that sets
+`run.writes_out = True` also accepts `out=(array | None, ...)`, one entry per output. For
+each array given it writes output i into `out[i]` (exactly the output's shape and dtype:
+a view into the arena) and returns that very array; for a None entry, or without `out`,
+it allocates as before. Such a kernel's output shapes must follow from its input shapes,
+attributes and constant inputs alone (a shape read from a runtime tensor's values must
+not: the executor checks only the shapes of kernels that do not write into `out`).
+`run.inplace = (j, ...)` says `out[0]` may be the very memory of input j (the planner
+does that when input j dies at this step): the kernel must read each element of input j
+before it writes that element of the output, as a ufunc does. `dest` and `deliver` are
+the two helpers such kernels use:
+
+    def run(x, out=None):
+        return (np.maximum(x, 0, out=dest(out)),)
+    run.writes_out, run.inplace = True, (0,)
 """
 
 from __future__ import annotations
@@ -34,6 +50,20 @@ KernelFn = Callable[..., Sequence[Any]]
 Factory = Callable[["Node", "CompileContext"], KernelFn | None]
 
 OPSET_MAX = 1 << 30
+
+
+def dest(out: Sequence[Any] | None, i: int = 0) -> Any:
+    """The array output `i` is to be written into, or None when the kernel allocates it."""
+    return None if out is None else out[i]
+
+
+def deliver(into: np.ndarray | None, value: Any) -> Any:
+    """`value` copied into `into` when one is given (and `into` returned), else `value`:
+    for paths of a writes_out kernel that compute into a fresh array."""
+    if into is None:
+        return value
+    np.copyto(into, value)
+    return into
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,10 @@ def _register_schema(op: OpDoc) -> None:
             type_constraints=[("T", _FLOATS + ["tensor(int64)", "tensor(bool)"], "tensors")],
             attributes=attrs,
         )
+        # onnx.reference builds its op table from the schemas it sees on first import and
+        # then insists every name is unique across domains: import it before we add ours.
+        import onnx.reference.op_run  # noqa: F401
+
         defs.register_schema(schema)
     except Exception:  # an older onnx without schema registration: docs still work
         pass

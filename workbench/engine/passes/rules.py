@@ -207,5 +207,9 @@ def apply_rewrite(graph: Graph, match: Match, new_nodes: Sequence[Node]) -> None
         if new is None:
             raise ValueError(f"rewrite produced no value named {old.name!r}")
         graph.replace_all_uses_with(old, new)
+    consts = {id(v): v for n in match.nodes for v in n.inputs if v is not None and v.is_const}
     for n in sorted(match.nodes, key=graph.nodes.index, reverse=True):
         graph.remove(n, safe=False)
+    for v in consts.values():  # weights only the replaced nodes read (e.g. folded BN params)
+        if not v.uses and graph.initializers.get(v.name) is v and v not in graph.inputs:
+            del graph.initializers[v.name]

@@ -1,7 +1,9 @@
 """Activation x86 kernels: Relu and its relatives, Clip, Sigmoid/Tanh, the hard variants,
 Erf and Gelu, Softmax/LogSoftmax, Elu, Selu, Softplus and Mish.
 
-Most are a few numpy ufunc passes with `out=` into one fresh buffer. Erf and exact Gelu
+Most are a few numpy ufunc passes with `out=` into one buffer: a fresh one, or the
+arena's when the executor passes `out=` (see backends/base.py; `run.inplace` marks those
+that read each element before writing it, so the buffer may be their input's). Erf and exact Gelu
 use numba, as numpy has no erf: float32 Erf is a vectorizable polynomial within one
 float32 ulp (see `_E`); float64 Erf and Gelu call libm's double erf/erfc per element.
 Softmax stays in numpy on purpose: its cost is the exponentials, numpy's are SIMD and
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..base import deliver, dest
 from ._numba import const_input, njit
 from ._table import kernels
 from .ops_elementwise import FLOATS, NUMBERS, as_array, dtypes_ok
@@ -93,15 +96,19 @@ def _erf_loop(x, out, gelu):  # pragma: no cover - compiled
             out[i] = math.erf(v)
 
 
-def _lift0(run: KernelFn) -> KernelFn:
+def _lift0(run: KernelFn, inplace: tuple[int, ...] = ()) -> KernelFn:
     """Run a 0-d input as shape (1,): ufuncs on 0-d arrays return scalars, which `out=`
-    cannot take; the kernels below can then always write in place."""
+    cannot take; the kernels below can then always write in place. `run(x, o)` writes into
+    `o` when given; the result takes `out=` (see backends/base.py)."""
 
-    def wrapped(x):
+    def wrapped(x, out=None):
+        o = dest(out)
         if x.ndim == 0:
-            return tuple(o.reshape(()) for o in run(x.reshape(1)))
-        return run(x)
+            y = run(x.reshape(1), None if o is None else o.reshape(1))
+            return (o if o is not None else y.reshape(()),)
+        return (run(x, o),)
 
+    wrapped.writes_out, wrapped.inplace = True, inplace
     return wrapped
 
 
@@ -113,9 +120,10 @@ def relu(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, "if"):
         return None
 
-    def run(x):
-        return (as_array(np.maximum(x, x.dtype.type(0))),)
+    def run(x, out=None):
+        return (as_array(np.maximum(x, x.dtype.type(0), out=dest(out))),)
 
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
@@ -127,10 +135,10 @@ def leaky_relu(node: Node, ctx: CompileContext) -> KernelFn | None:
     # for alpha <= 1, max(x, alpha x) is x for x > 0 and alpha x below: one buffer, two passes
     pick = np.maximum if alpha <= 1.0 else np.minimum
 
-    def run(x):
-        y = np.multiply(x, alpha)
+    def run(x, o):
+        y = np.multiply(x, alpha, out=o)
         pick(x, y, out=y)
-        return (y,)
+        return y
 
     return _lift0(run)
 
@@ -140,13 +148,18 @@ def prelu(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, NUMBERS):
         return None
 
-    def run(x, slope):
-        y = np.multiply(x, slope)
+    def run(x, slope, out=None):
+        o = dest(out)
+        if o is not None and o.shape != x.shape:
+            o = None  # slope widens the result: computed fresh, then copied
+        y = np.multiply(x, slope, out=o)
         if y.shape == x.shape and y.dtype == x.dtype and y.ndim:
             np.copyto(y, x, where=x >= 0)
-            return (y,)
-        return (as_array(np.where(x < 0, y, x).astype(x.dtype, copy=False)),)
+            return (deliver(dest(out), y) if o is None else y,)
+        y = as_array(np.where(x < 0, y, x).astype(x.dtype, copy=False))
+        return (deliver(dest(out), y),)
 
+    run.writes_out = True
     return run
 
 
@@ -162,18 +175,20 @@ def clip(node: Node, ctx: CompileContext) -> KernelFn | None:
         hi = node.attrs.get("max")
         bounds = (None if lo is None else float(lo), None if hi is None else float(hi))
 
-        def run_attrs(x):
-            return (_clip(x, *bounds),)
+        def run_attrs(x, out=None):
+            return (_clip(x, *bounds, dest(out)),)
 
+        run_attrs.writes_out, run_attrs.inplace = True, (0,)
         return run_attrs
     lo_c, hi_c = const_input(node, 1), const_input(node, 2)
     lo_fixed, hi_fixed = _scalar(lo_c), _scalar(hi_c)
 
-    def run(x, lo=None, hi=None):
+    def run(x, lo=None, hi=None, out=None):
         a = lo_fixed if lo_c is not None else _scalar(lo)
         b = hi_fixed if hi_c is not None else _scalar(hi)
-        return (_clip(x, a, b),)
+        return (_clip(x, a, b, dest(out)),)
 
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
@@ -182,13 +197,13 @@ def _scalar(a: np.ndarray | None):
     return None if a is None or a.size == 0 else a.reshape(-1)[0]
 
 
-def _clip(x: np.ndarray, lo, hi) -> np.ndarray:
+def _clip(x: np.ndarray, lo, hi, o: np.ndarray | None = None) -> np.ndarray:
     if lo is None and hi is None:
-        return x.copy()
+        return deliver(o, x) if o is not None else x.copy()
     # bounds in x's own dtype: a float64 scalar would promote a float32 result
     lo = None if lo is None else x.dtype.type(lo)
     hi = None if hi is None else x.dtype.type(hi)
-    return as_array(np.clip(x, lo, hi))
+    return as_array(np.clip(x, lo, hi, out=o))
 
 
 # -- smooth activations ------------------------------------------------------------------------
@@ -199,15 +214,15 @@ def sigmoid(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, FLOATS):
         return None
 
-    def run(x):
-        y = np.negative(x)
+    def run(x, o):
+        y = np.negative(x, out=o)
         with np.errstate(over="ignore"):  # exp(-x) -> inf gives the right 0
             np.exp(y, out=y)
         y += 1
         np.reciprocal(y, out=y)
-        return (y,)
+        return y
 
-    return _lift0(run)
+    return _lift0(run, inplace=(0,))
 
 
 @kernels.register("Tanh", since=1)
@@ -215,9 +230,10 @@ def tanh(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, FLOATS):
         return None
 
-    def run(x):
-        return (as_array(np.tanh(x)),)
+    def run(x, out=None):
+        return (as_array(np.tanh(x, out=dest(out))),)
 
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
@@ -229,15 +245,15 @@ def hard_sigmoid(node: Node, ctx: CompileContext) -> KernelFn | None:
     alpha = 1.0 / 6.0 if swish else float(node.attrs.get("alpha", 0.2))
     beta = 0.5 if swish else float(node.attrs.get("beta", 0.5))
 
-    def run(x):
-        y = np.multiply(x, alpha)
+    def run(x, o):
+        y = np.multiply(x, alpha, out=o)
         y += beta
         np.clip(y, 0, 1, out=y)
-        if swish:
+        if swish:  # (reads x again: not in place)
             y *= x
-        return (y,)
+        return y
 
-    return _lift0(run)
+    return _lift0(run, inplace=() if swish else (0,))
 
 
 @kernels.register("Erf", since=9)
@@ -258,9 +274,9 @@ def gelu(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     c = math.sqrt(2.0 / math.pi)
 
-    def run(x):
+    def run(x, o):
         # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-        y = np.multiply(x, x)
+        y = np.multiply(x, x, out=o)
         y *= 0.044715
         y += 1
         y *= x
@@ -269,23 +285,27 @@ def gelu(node: Node, ctx: CompileContext) -> KernelFn | None:
         y += 1
         y *= x
         y *= 0.5
-        return (y,)
+        return y
 
     return _lift0(run)
 
 
 def _erf_kernel(gelu: bool) -> KernelFn:
-    def run(x):
+    def run(x, out=None):
         work = x if x.dtype in _NUMBA_FLOATS else x.astype(np.float32)
         if not work.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
             work = work.copy()
-        y = np.empty_like(work)
+        o = dest(out)
+        y = o if o is not None and o.dtype == work.dtype else np.empty_like(work)
         if work.dtype == np.float32 and not gelu:
             _erf_f32(work.reshape(-1), y.reshape(-1))
         else:
             _erf_loop(work.reshape(-1), y.reshape(-1), gelu)
-        return (y.astype(x.dtype, copy=False),)
+        return (y if y is o else deliver(o, y.astype(x.dtype, copy=False)),)
 
+    # not in place: LLVM's runtime alias check sends overlapping arrays down the scalar
+    # loop, which made an in-place Erf 2.4x slower than one into a separate buffer
+    run.writes_out = True
     return run
 
 
@@ -300,15 +320,15 @@ def elu(node: Node, ctx: CompileContext) -> KernelFn | None:
     else:
         alpha, gamma = float(node.attrs.get("alpha", 1.0)), 1.0
 
-    def run(x):
-        y = np.minimum(x, 0)
+    def run(x, o):
+        y = np.minimum(x, 0, out=o)
         neg = np.expm1(y)
         neg *= alpha
         np.maximum(x, 0, out=y)
         y += neg
         if gamma != 1.0:
             y *= gamma
-        return (y,)
+        return y
 
     return _lift0(run)
 
@@ -319,15 +339,15 @@ def softplus(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     mish = node.op_type == "Mish"
 
-    def run(x):
+    def run(x, o):
         # log(1 + exp(x)) without the overflow for large x
-        y = np.logaddexp(x, 0)
-        if mish:
+        y = np.logaddexp(x, 0, out=o)
+        if mish:  # (reads x again: not in place)
             np.tanh(y, out=y)
             y *= x
-        return (y,)
+        return y
 
-    return _lift0(run)
+    return _lift0(run, inplace=() if mish else (0,))
 
 
 # -- Softmax ----------------------------------------------------------------------------------
@@ -343,23 +363,29 @@ def softmax(node: Node, ctx: CompileContext) -> KernelFn | None:
     coerce = ctx.opset < 13
     axis_attr = int(node.attrs.get("axis", 1 if coerce else -1))
 
-    def run(x):
+    def run(x, out=None):
+        o = dest(out)
         if x.size == 0 or x.ndim == 0:
-            return (np.full(x.shape, 0.0 if log else 1.0, dtype=x.dtype),)
+            return (deliver(o, np.full(x.shape, 0.0 if log else 1.0, dtype=x.dtype)),)
         axis = axis_attr + x.ndim if axis_attr < 0 else axis_attr
         if coerce:  # rows of the 2-D view: one reduction over its last axis
             x2 = x.reshape(math.prod(x.shape[:axis]), -1)
-            return (_softmax_numpy(x2, 1, log).reshape(x.shape),)
-        return (_softmax_numpy(x, axis, log),)
+            o2 = None if o is None else o.reshape(x2.shape)
+            y = _softmax_numpy(x2, 1, log, o2)
+            return (y.reshape(x.shape) if o is None else o,)
+        return (_softmax_numpy(x, axis, log, o),)
 
+    # x is read by the max and the subtraction, before anything is written
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
-def _softmax_numpy(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
+def _softmax_numpy(x: np.ndarray, axis: int, log: bool, out: np.ndarray | None = None):
     """Max-shifted, in x's dtype (numpy's sums are pairwise, so float32 sums stay exact
     to a few ulp). float16 follows onnx.reference step by step: ONNX's expected outputs
-    (function bodies run in float16) are rounded that way, and float32 lands an ulp off."""
-    y = np.subtract(x, np.max(x, axis=axis, keepdims=True))
+    (function bodies run in float16) are rounded that way, and float32 lands an ulp off.
+    Written into `out` when given (which may be `x` itself)."""
+    y = np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
     if log and x.dtype != np.float16:
         y -= np.log(np.sum(np.exp(y), axis=axis, keepdims=True))
         return y

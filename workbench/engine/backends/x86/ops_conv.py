@@ -10,7 +10,8 @@ records it as `run.algorithm`:
 - ``generic``: 3-D and higher, or non-float32 tensors at run time: numpy windows.
 
 ConvTranspose is a GEMM (weights^T x input) followed by a numba col2im scatter-add
-(``gemm_col2im``). 1-D tensors run as 2-D ones of height 1.
+(``gemm_col2im``). 1-D tensors run as 2-D ones of height 1. The float32 paths write into
+the arena's buffer when the executor passes `out=` (see backends/base.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...memory_guard import check_size
+from ..base import deliver, dest
 from ..common import conv_out_size, conv_pads
 from ._numba import (
     all_f32,
@@ -262,11 +264,17 @@ def _conv_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvGe
 
 
 # -- Conv -------------------------------------------------------------------------------------
-def _conv_f32(g: _ConvGeom, x: np.ndarray, wg: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """float32 Conv of geometry `g` with the weight packed as (G, Mg, Cg*kh*kw)."""
+def _conv_f32(
+    g: _ConvGeom, x: np.ndarray, wg: np.ndarray, b: np.ndarray | None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """float32 Conv of geometry `g` with the weight packed as (G, Mg, Cg*kh*kw), written
+    into `out` (contiguous float32 of the output's size) when given."""
     shape = (g.n, g.m, g.oh, g.ow)
-    check_size(shape, np.float32, "Conv output")
-    y = np.empty(shape, np.float32)
+    if out is None:
+        check_size(shape, np.float32, "Conv output")
+        y = np.empty(shape, np.float32)
+    else:
+        y = out.reshape(shape)
     x4 = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
     alg = g.algorithm
     if alg == "depthwise":
@@ -324,16 +332,19 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
 
     geom = _geom_cache(lambda xs, ws_: _ConvGeom(xs, ws_, attrs, group))
 
-    def run(x, w, b=None):
+    def run(x, w, b=None, out=None):
         g = geom(x.shape, w.shape)
+        o = dest(out)
         if g.algorithm == "generic" or not all_f32(x, w, b):
-            return (_conv_generic(x, w, b, g),)
+            return (deliver(o, _conv_generic(x, w, b, g)),)
         if b is not None and b.shape != (g.m,):
             raise ValueError(f"Conv bias shape {list(b.shape)} != [{g.m}]")
         wg = packed if packed is not None else _pack_conv_weight(w, group)
         bb = bias if bias is not None else b
-        y = _conv_f32(g, x, wg, bb)
-        return (y.reshape(g.n, g.m, *g.out),)
+        y = _conv_f32(g, x, wg, bb, o)
+        return (o if o is not None else y.reshape(g.n, g.m, *g.out),)
+
+    run.writes_out = True
 
     # The algorithm depends only on static facts; say which one when they are known.
     kernel = attrs.get("kernel_shape") or (ws[2:] if ws else None)
@@ -449,10 +460,19 @@ def _pack_convt_weight(w: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(group, c // group, -1).transpose(0, 2, 1))
 
 
-def _convt_f32(g: _ConvTGeom, x: np.ndarray, wt: np.ndarray, b: np.ndarray | None):
+def _convt_f32(
+    g: _ConvTGeom,
+    x: np.ndarray,
+    wt: np.ndarray,
+    b: np.ndarray | None,
+    out: np.ndarray | None = None,
+):
     shape = (g.n, g.m, g.oh, g.ow)
-    check_size(shape, np.float32, "ConvTranspose output")
-    y = np.empty(shape, np.float32)
+    if out is None:
+        check_size(shape, np.float32, "ConvTranspose output")
+        y = np.empty(shape, np.float32)
+    else:
+        y = out.reshape(shape)
     x4 = np.ascontiguousarray(x).reshape(g.n, g.c, g.h * g.w)
     mk = g.mg * g.kh * g.kw
     p = g.h * g.w
@@ -489,15 +509,18 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Callable | None:
     bias = f32c(b_const) if b_const is not None and b_const.dtype == np.float32 else None
     geom = _geom_cache(lambda xs, ws: _ConvTGeom(xs, ws, attrs, group))
 
-    def run(x, w, b=None):
+    def run(x, w, b=None, out=None):
         g = geom(x.shape, w.shape)
+        o = dest(out)
         if b is not None and b.shape != (g.m,):
             raise ValueError(f"ConvTranspose bias shape {list(b.shape)} != [{g.m}]")
         if g.nsp > 2 or not all_f32(x, w, b):
-            return (_convt_generic(x, w, b, g),)
+            return (deliver(o, _convt_generic(x, w, b, g)),)
         wt = packed if packed is not None else _pack_convt_weight(w, group)
-        y = _convt_f32(g, x, wt, bias if bias is not None else b)
-        return (y.reshape(g.n, g.m, *g.out),)
+        y = _convt_f32(g, x, wt, bias if bias is not None else b, o)
+        return (o if o is not None else y.reshape(g.n, g.m, *g.out),)
+
+    run.writes_out = True
 
     ws = static_shape(node, 1)
     run.algorithm = "gemm_col2im" if ws is None or len(ws) <= 4 else "generic"

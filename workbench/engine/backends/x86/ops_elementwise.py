@@ -5,7 +5,8 @@ Everything here is a numpy ufunc with ONNX's multidirectional (numpy-style) broa
 float32 stays float32 (python scalars are weak under NEP 50, numpy scalars are made in the
 input's dtype); other standard numpy dtypes are computed generically in their own dtype.
 Dtypes numpy only emulates (bfloat16, float8, int4, strings...) are declined so the
-reference backend runs them.
+reference backend runs them. The kernels write into the arena's buffers when given
+(`out=`, see backends/base.py); the arithmetic ones may overwrite a dying input.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..base import deliver, dest
 from ._numba import const_input, has_input, input_dtype
 from ._table import kernels
 
@@ -71,11 +73,11 @@ def _legacy_broadcast(node: Node, ctx: CompileContext) -> int | bool | None:
 def _with_axis(fn: Callable, axis: int) -> KernelFn:
     """B's dims line up with A's starting at `axis`: pad B's shape with trailing ones."""
 
-    def run(a, b):
+    def run(a, b, o=None):
         tail = a.ndim - axis - b.ndim
         if tail > 0:
             b = b.reshape(b.shape + (1,) * tail)
-        return fn(a, b)
+        return fn(a, b, o)
 
     return run
 
@@ -90,19 +92,19 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return q
 
 
-def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _pow(a: np.ndarray, b: np.ndarray, o: np.ndarray | None = None) -> np.ndarray:
     """Pow's output has the base's dtype. A float32 base takes the exponent as float32
     (no float64 detour); other floats compute in the promoted dtype and round back."""
     if a.dtype == np.float32:
         with np.errstate(all="ignore"):
-            return as_array(np.power(a, b.astype(np.float32, copy=False)))
+            return as_array(np.power(a, b.astype(np.float32, copy=False), out=o))
     if a.dtype.kind == "f":
         with np.errstate(all="ignore"):
-            return as_array(np.power(a, b).astype(a.dtype, copy=False))
+            return deliver(o, as_array(np.power(a, b).astype(a.dtype, copy=False)))
     if b.dtype.kind == "f":
         with np.errstate(all="ignore"):
-            return as_array(np.power(a.astype(np.float64), b).astype(a.dtype))
-    return as_array(np.power(a, b.astype(a.dtype, copy=False)))
+            return deliver(o, as_array(np.power(a.astype(np.float64), b).astype(a.dtype)))
+    return as_array(np.power(a, b.astype(a.dtype, copy=False), out=o))
 
 
 @kernels.register(["Add", "Sub", "Mul", "Div", "Pow"], since=1)
@@ -122,49 +124,53 @@ def binary(node: Node, ctx: CompileContext) -> KernelFn | None:
             if e == 2.0:
                 # x**2 is the common case (variance in LayerNorm decompositions)
 
-                def fn(a, b):
+                def fn(a, b, o=None):
                     if a.dtype.kind != "f" or b.ndim > a.ndim:
-                        return _pow(a, b)
-                    return as_array(np.multiply(a, a))
+                        return _pow(a, b, o)
+                    return as_array(np.multiply(a, a, out=o))
 
             elif e == 0.5:
 
-                def fn(a, b):
+                def fn(a, b, o=None):
                     if a.dtype.kind != "f" or b.ndim > a.ndim:
-                        return _pow(a, b)
+                        return _pow(a, b, o)
                     with np.errstate(invalid="ignore"):
-                        return as_array(np.sqrt(a))
+                        return as_array(np.sqrt(a, out=o))
 
     elif op == "Div":
         if a_dt is not None and a_dt.kind in "iu":
 
-            def fn(a, b):
-                return as_array(_int_div(a, b))
+            def fn(a, b, o=None):
+                return deliver(o, as_array(_int_div(a, b)))
 
         else:
 
-            def fn(a, b):
-                if a.dtype.kind in "iu":
-                    return as_array(_int_div(a, b))
+            def fn(a, b, o=None):
+                if a.dtype.kind in "iu":  # (the quotient needs a, b after it is written)
+                    return deliver(o, as_array(_int_div(a, b)))
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    return as_array(np.divide(a, b))
+                    return as_array(np.divide(a, b, out=o))
 
     else:
         ufunc = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
 
-        def fn(a, b):
-            return as_array(ufunc(a, b))
+        def fn(a, b, o=None):
+            return as_array(ufunc(a, b, out=o))
 
-    return _binary_run(fn, legacy)
+    run = _binary_run(fn, legacy)
+    run.inplace = (0,) if op == "Pow" else (0, 1)  # elementwise: each element read first
+    return run
 
 
 def _binary_run(fn: Callable, legacy_axis: int | None) -> KernelFn:
+    """`fn(a, b, o)` writes into `o` when one is given (else allocates)."""
     if legacy_axis is not None:
         fn = _with_axis(fn, legacy_axis)
 
-    def run(a, b):
-        return (fn(a, b),)
+    def run(a, b, out=None):
+        return (fn(a, b, dest(out)),)
 
+    run.writes_out = True
     return run
 
 
@@ -186,11 +192,12 @@ def unary(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, kinds):
         return None
 
-    def run(x):
+    def run(x, out=None):
         # log(0), sqrt(-1), exp overflow: inf/nan by IEEE rules, as ONNX expects; no warnings
         with np.errstate(all="ignore"):
-            return (as_array(ufunc(x)),)
+            return (as_array(ufunc(x, out=dest(out))),)
 
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
@@ -215,10 +222,10 @@ def compare(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     ufunc = _COMPARE[node.op_type]
 
-    def fn(a, b):
+    def fn(a, b, o=None):
         if a.dtype.kind == "O":
-            return as_array(ufunc(a, b, dtype=bool))
-        return as_array(ufunc(a, b))
+            return deliver(o, as_array(ufunc(a, b, dtype=bool)))
+        return as_array(ufunc(a, b, out=o))
 
     return _binary_run(fn, legacy)
 
@@ -230,8 +237,8 @@ def logic(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     ufunc = _LOGIC[node.op_type]
 
-    def fn(a, b):
-        return as_array(ufunc(a, b))
+    def fn(a, b, o=None):
+        return as_array(ufunc(a, b, out=o))
 
     return _binary_run(fn, legacy)
 
@@ -241,9 +248,10 @@ def logical_not(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, "b"):
         return None
 
-    def run(x):
-        return (as_array(np.logical_not(x)),)
+    def run(x, out=None):
+        return (as_array(np.logical_not(x, out=dest(out))),)
 
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
@@ -252,9 +260,15 @@ def where(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, "b", [0]) or not dtypes_ok(node, ANY_STD + "O", [1, 2]):
         return None
 
-    def run(cond, x, y):
-        return (as_array(np.where(cond, x, y)),)
+    def run(cond, x, y, out=None):
+        o = dest(out)
+        if o is None:
+            return (as_array(np.where(cond, x, y)),)
+        np.copyto(o, y)  # broadcast y, then x where cond holds: np.where's result
+        np.copyto(o, x, where=cond)
+        return (o,)
 
+    run.writes_out = True
     return run
 
 

@@ -7,6 +7,9 @@ Algorithms recorded as `run.algorithm`:
 - ``gemm_flat``: MatMul by a constant 2-D matrix; the batch dimensions of A are folded
   into its rows so that BLAS sees one tall GEMM instead of a loop of small ones.
 - ``batched_gemm``: MatMul in general (numpy's batching, broadcasting and 1-D rules).
+
+BLAS writes straight into the arena's buffer when the executor passes `out=` (see
+backends/base.py); inputs of another dtype compute fresh and are copied there.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..base import deliver, dest
 from ._numba import const_input, declines_dtype
 from ._table import kernels
 
@@ -45,14 +49,15 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
     if c_const is not None and beta != 0.0:
         cm = np.ascontiguousarray(c_const * c_const.dtype.type(beta) if beta != 1.0 else c_const)
 
-    def run(x, b, c=None):
+    def run(x, b, c=None, out=None):
         if x.ndim != 2 or b.ndim != 2:
             raise ValueError(f"Gemm needs 2-D A and B, got {list(x.shape)} and {list(b.shape)}")
         xa = x.T if trans_a else x
+        o = _same_dtype(dest(out), x, b)
         if bm is not None:
-            y = xa @ bm
+            y = np.matmul(xa, bm, out=o)
         else:
-            y = xa @ (b.T if trans_b else b)
+            y = np.matmul(xa, b.T if trans_b else b, out=o)
             if alpha != 1.0:
                 y *= y.dtype.type(alpha)
         if c is not None and beta != 0.0:
@@ -63,10 +68,15 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
                 raise ValueError(
                     f"Gemm C of shape {list(c.shape)} does not broadcast to {list(y.shape)}"
                 ) from None
-        return (y.astype(x.dtype, copy=False),)
+        return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
 
-    run.algorithm = "gemm"
+    run.algorithm, run.writes_out = "gemm", True
     return run
+
+
+def _same_dtype(o: np.ndarray | None, *ins: np.ndarray) -> np.ndarray | None:
+    """`o` when BLAS can write its result there: every operand of o's dtype."""
+    return o if o is not None and all(a.dtype == o.dtype for a in ins) else None
 
 
 @kernels.register("MatMul", since=1)
@@ -78,21 +88,29 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
         bm = np.ascontiguousarray(b_const)
         k, n = bm.shape
 
-        def run_flat(x, b):
+        def run_flat(x, b, out=None):
+            o = _same_dtype(dest(out), x, bm)
             if x.ndim < 2:
-                return (np.matmul(x, bm).astype(x.dtype, copy=False),)
+                y = np.matmul(x, bm, out=o)
+                return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
             if x.shape[-1] != k:
                 raise ValueError(f"MatMul shapes {list(x.shape)} and {list(bm.shape)} differ in K")
-            y = np.matmul(x.reshape(-1, k), bm)
-            return (y.reshape(*x.shape[:-1], n).astype(x.dtype, copy=False),)
+            y = np.matmul(x.reshape(-1, k), bm, out=None if o is None else o.reshape(-1, n))
+            if o is not None:
+                return (o,)
+            return (deliver(dest(out), y.reshape(*x.shape[:-1], n).astype(x.dtype, copy=False)),)
 
-        run_flat.algorithm = "gemm_flat"
+        run_flat.algorithm, run_flat.writes_out = "gemm_flat", True
         return run_flat
     bc = np.ascontiguousarray(b_const) if b_const is not None else None
 
-    def run(x, b):
-        y = np.matmul(x, bc if bc is not None else b)
-        return (np.asarray(y).astype(x.dtype, copy=False),)
+    def run(x, b, out=None):
+        bb = bc if bc is not None else b
+        o = _same_dtype(dest(out), x, bb)
+        if o is not None and o.ndim:  # (numpy's matmul gives 1-D @ 1-D as a scalar)
+            return (np.matmul(x, bb, out=o),)
+        y = np.asarray(np.matmul(x, bb)).astype(x.dtype, copy=False)
+        return (deliver(dest(out), y),)
 
-    run.algorithm = "batched_gemm"
+    run.algorithm, run.writes_out = "batched_gemm", True
     return run

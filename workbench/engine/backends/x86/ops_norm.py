@@ -5,7 +5,10 @@ BatchNormalization folds its four parameter vectors into one scale and one shift
 the factory, when they are constants) and then costs one multiply-add pass. Layer and
 instance normalization share one numba kernel that normalizes each row of a 2-D view:
 mean, then centred variance (both float64 sums), then a pass that applies the affine part
-while writing; a row is usually still in cache for the second and third pass.
+while writing; a row is usually still in cache for the second and third pass. All three
+write into the arena's buffers when the executor passes `out=` (see backends/base.py).
+Only BatchNormalization (numpy) may write over its input: given overlapping arrays, the
+numba loops fall back from their vectorized form to a scalar one (LLVM's alias check).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..base import deliver, dest
 from ._numba import const_input, njit
 from ._table import kernels
 from .ops_elementwise import FLOATS, dtypes_ok
@@ -57,17 +61,27 @@ def _normalize_rows(x, eps, w, b, per_row, y, mean, rstd):  # pragma: no cover -
                 out[j] = (np.float64(row[j]) - mu) * r * w[j] + b[j]
 
 
-def _normalize(x2: np.ndarray, eps: float, w: np.ndarray, b: np.ndarray, per_row: bool):
-    """(y, mean, rstd) for a 2-D float array; float16 goes through float32."""
+def _normalize(
+    x2: np.ndarray,
+    eps: float,
+    w: np.ndarray,
+    b: np.ndarray,
+    per_row: bool,
+    y=None,
+    mean=None,
+    rstd=None,
+):
+    """(y, mean, rstd) for a 2-D float array; float16 goes through float32. `y` (rows, n),
+    `mean` and `rstd` (rows,) are written into when given in the working dtype."""
     dt = x2.dtype
     work = dt if dt in _NUMBA_FLOATS else np.dtype(np.float32)
     x2 = np.ascontiguousarray(x2, dtype=work)
     w = np.ascontiguousarray(w, dtype=work)
     b = np.ascontiguousarray(b, dtype=work)
     rows = x2.shape[0]
-    y = np.empty_like(x2)
-    mean = np.empty(rows, dtype=work)
-    rstd = np.empty(rows, dtype=work)
+    y = y if y is not None and y.dtype == work else np.empty_like(x2)
+    mean = mean if mean is not None and mean.dtype == work else np.empty(rows, dtype=work)
+    rstd = rstd if rstd is not None and rstd.dtype == work else np.empty(rows, dtype=work)
     if x2.size:
         _normalize_rows(x2, float(eps), w, b, per_row, y, mean, rstd)
     elif rows:
@@ -93,7 +107,7 @@ def batch_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
     folded: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
     fixed = _fold(*params, eps) if all(p is not None for p in params) else None
 
-    def run(x, scale, bias, mean, var):
+    def run(x, scale, bias, mean, var, out=None):
         dt = x.dtype
         if fixed is None:
             a, c = (t.astype(dt) for t in _fold(scale, bias, mean, var, eps))
@@ -103,11 +117,14 @@ def batch_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
             a, c = folded[dt]
         # per channel (C,) or, with spatial=0 before opset 9, per (C, D1, ...)
         shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1, *a.shape)
-        y = np.multiply(x, a.reshape(shape))
+        y = np.multiply(x, a.reshape(shape), out=dest(out))
         y += c.reshape(shape)
         extra = (mean.copy(), var.copy(), mean.copy(), var.copy())[:n_extra]
+        if out is not None:
+            extra = tuple(deliver(o, e) for o, e in zip(out[1:], extra))
         return (y, *extra)
 
+    run.writes_out, run.inplace = True, (0,)
     return run
 
 
@@ -144,7 +161,7 @@ def layer_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
             cached[key] = wb
         return wb
 
-    def run(x, scale, bias=None):
+    def run(x, scale, bias=None, out=None):
         axis = axis_attr + x.ndim if axis_attr < 0 else axis_attr
         norm_shape = x.shape[axis:]
         rows = math.prod(x.shape[:axis])
@@ -154,15 +171,26 @@ def layer_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
             w, b = np.ones(n, x.dtype), np.zeros(n, x.dtype)
         else:
             w, b = wb
-        y, mean, rstd = _normalize(x.reshape(rows, n), eps, w, b, False)
+        o = (None, None, None) if out is None else (*out, None, None)[:3]
+        flat = [None if a is None else a.reshape(-1) for a in o]  # views: out is contiguous
+        y2 = None if flat[0] is None or wb is None else flat[0].reshape(rows, n)
+        got = (y2, flat[1], flat[2])
+        raw = _normalize(x.reshape(rows, n), eps, w, b, False, *got)
+        y, mean, rstd = raw
         y = y.reshape(x.shape)
         if wb is None:
             y = (y * scale).astype(x.dtype, copy=False)
             if bias is not None:
                 y += bias
         stat_shape = x.shape[:axis] + (1,) * (x.ndim - axis)
-        return (y, mean.reshape(stat_shape), rstd.reshape(stat_shape))
+        res = (y, mean.reshape(stat_shape), rstd.reshape(stat_shape))
+        # an output `_normalize` wrote into `out` is that array; others are copied there
+        return tuple(
+            r if a is None else a if g is not None and g is c else deliver(a, r)
+            for a, g, c, r in zip(o, got, raw, res)
+        )
 
+    run.writes_out = True
     return run
 
 
@@ -173,12 +201,16 @@ def instance_normalization(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     eps = float(node.attrs.get("epsilon", 1e-5))
 
-    def run(x, scale, bias):
+    def run(x, scale, bias, out=None):
         n, c = x.shape[0], x.shape[1]
         rows = n * c
         w = np.tile(scale.reshape(-1), n)
         b = np.tile(bias.reshape(-1), n)
-        y, _, _ = _normalize(x.reshape(rows, math.prod(x.shape[2:])), eps, w, b, True)
-        return (y.reshape(x.shape),)
+        o = dest(out)
+        x2 = x.reshape(rows, math.prod(x.shape[2:]))
+        y2 = None if o is None else o.reshape(x2.shape)
+        y, _, _ = _normalize(x2, eps, w, b, True, y2)
+        return (o if y is y2 else deliver(o, y.reshape(x.shape)),)
 
+    run.writes_out = True
     return run

@@ -5,7 +5,8 @@ and GlobalMaxPool.
 non-float32 average pools use numpy strided windows (``generic``); a 3-D MaxPool asked
 for its Indices is declined (the reference backend runs it). The global pools are numpy
 reductions (``reduce``). Output sizes follow the ONNX/PyTorch rule for ceil_mode: the
-last window must start inside the input or its begin padding.
+last window must start inside the input or its begin padding. Each writes into the
+arena's buffer when the executor passes `out=` (see backends/base.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..base import deliver, dest
 from ..common import conv_pads
 from ._numba import declines_dtype, njit, u64, valid_range, wants_output
 from ._table import kernels
@@ -251,26 +253,28 @@ def average_pool(node: Node, ctx: CompileContext) -> Callable | None:
     geom = _geom_getter(attrs, kernel)
     nsp = len(kernel)
 
-    def run(x):
+    def run(x, out=None):
         if x.ndim != nsp + 2:
             raise ValueError(f"AveragePool with {nsp}-D kernel got input of rank {x.ndim}")
         g = geom(x.shape[2:])
+        o = dest(out)
         if nsp > 2 or x.dtype != np.float32:
-            return (_avg_generic(x, g, include_pad),)
+            return (deliver(o, _avg_generic(x, g, include_pad)),)
         kh, kw, sh, sw, dh, dw, pt, pl, pb, pr = _as_2d(g)
         n, c = x.shape[:2]
         h, w = (1, *x.shape[2:])[-2:]
         oh, ow = (1, *g.out)[-2:]
-        y = np.empty((n * c, oh, ow), np.float32)
+        y = np.empty((n * c, oh, ow), np.float32) if o is None else o.reshape(n * c, oh, ow)
         cnt_h = _counts(oh, sh, pt, dh, kh, h, pb if include_pad else None)
         cnt_w = _counts(ow, sw, pl, dw, kw, w, pr if include_pad else None)
         x1 = np.ascontiguousarray(x).reshape(-1)
         _avgpool2d(
             x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cnt_h, cnt_w, y.reshape(-1)
         )
-        return (y.reshape(n, c, *g.out),)
+        return (y.reshape(n, c, *g.out) if o is None else o,)
 
     run.algorithm = "window_loop" if nsp <= 2 else "generic"
+    run.writes_out = True
     return run
 
 
@@ -290,29 +294,35 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
     col_major = bool(attrs.get("storage_order", 0))
     geom = _geom_getter(attrs, kernel)
 
-    def run(x):
+    def run(x, out=None):
         if x.ndim != nsp + 2:
             raise ValueError(f"MaxPool with {nsp}-D kernel got input of rank {x.ndim}")
         g = geom(x.shape[2:])
+        o, oi = dest(out), dest(out, 1) if out is not None and len(out) > 1 else None
         if nsp > 2:
-            return (_max_generic(x, g),)
+            return (deliver(o, _max_generic(x, g)),)
         kh, kw, sh, sw, dh, dw, pt, pl, _, _ = _as_2d(g)
         n, c = x.shape[:2]
         h, w = (1, *x.shape[2:])[-2:]
         oh, ow = (1, *g.out)[-2:]
         # the loop is dtype-generic: other dtypes compile their own (rare) specialization
-        y = np.empty((n * c, oh, ow), x.dtype)
-        idx = np.empty((n * c, oh, ow), np.int64) if want_idx else _NO_INDICES
+        y = np.empty((n * c, oh, ow), x.dtype) if o is None else o.reshape(n * c, oh, ow)
+        idx = _NO_INDICES
+        if want_idx:
+            idx = np.empty((n * c, oh, ow), np.int64) if oi is None else oi.reshape(n * c, oh, ow)
         x1 = np.ascontiguousarray(x).reshape(-1)
         low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         _maxpool2d(
             x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, x.dtype.type(low),
             y.reshape(-1), idx.reshape(-1), want_idx, col_major,
         )  # fmt: skip
-        y = y.reshape(n, c, *g.out)
-        return (y, idx.reshape(n, c, *g.out)) if want_idx else (y,)
+        y = y.reshape(n, c, *g.out) if o is None else o
+        if want_idx:
+            return (y, idx.reshape(n, c, *g.out) if oi is None else oi)
+        return (y,)
 
     run.algorithm = "window_loop" if nsp <= 2 else "generic"
+    run.writes_out = True
     return run
 
 
@@ -321,13 +331,13 @@ def global_average_pool(node: Node, ctx: CompileContext) -> Callable | None:
     if declines_dtype(node):
         return None
 
-    def run(x):
+    def run(x, out=None):
         if x.ndim < 2:
             raise ValueError(f"GlobalAveragePool needs rank >= 2, got {x.ndim}")
         axes = tuple(range(2, x.ndim))
-        return (x.mean(axis=axes, keepdims=True, dtype=x.dtype),)
+        return (x.mean(axis=axes, keepdims=True, dtype=x.dtype, out=dest(out)),)
 
-    run.algorithm = "reduce"
+    run.algorithm, run.writes_out = "reduce", True
     return run
 
 
@@ -336,10 +346,10 @@ def global_max_pool(node: Node, ctx: CompileContext) -> Callable | None:
     if declines_dtype(node):
         return None
 
-    def run(x):
+    def run(x, out=None):
         if x.ndim < 2:
             raise ValueError(f"GlobalMaxPool needs rank >= 2, got {x.ndim}")
-        return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
+        return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True, out=dest(out)),)
 
-    run.algorithm = "reduce"
+    run.algorithm, run.writes_out = "reduce", True
     return run

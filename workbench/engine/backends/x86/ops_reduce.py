@@ -5,7 +5,8 @@ ArgMax/ArgMin.
 `noop_with_empty_axes` saying whether no axes means "all" or "none". Each reduction is
 one numpy call in the input's dtype (float16 accumulates in float32). Reducing over an
 empty set gives the op's identity: 0, 1, -inf/+inf (or the integer extremes), and -inf
-for LogSumExp.
+for LogSumExp. With axes known at compile time, ReduceSum/Mean/Max/Min write straight
+into the arena's buffer when the executor passes `out=` (see backends/base.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..base import deliver, dest
 from ._numba import const_input, has_input
 from ._table import kernels
 from .ops_elementwise import ANY_STD, NUMBERS, as_array, dtypes_ok, ints_of
@@ -141,18 +143,34 @@ def reduce(node: Node, ctx: CompileContext) -> KernelFn | None:
         runtime_axes = False
         fixed = [int(a) for a in node.attrs.get("axes") or []]
 
-    def run(x, axes=None):
+    direct = _DIRECT.get(op)
+
+    def run(x, axes=None, out=None):
         given = ints_of(axes) if runtime_axes and axes is not None else fixed
+        o = dest(out)
         if not given:
             if noop:
-                return (x.copy(),)
+                return (deliver(o, x.copy()),)
             ax = None
         else:
             ax = normalize_axes(given, x.ndim)
+        if o is not None and direct is not None and x.size and _acc_dtype(x.dtype) == x.dtype:
+            return (direct(x, ax, keepdims, o),)
         y = fn(x, ax, keepdims)
-        return (as_array(y).astype(x.dtype, copy=False),)
+        return (deliver(o, as_array(y).astype(x.dtype, copy=False)),)
 
+    # the output shape must not come from a runtime tensor's values (see base.py)
+    run.writes_out = not runtime_axes
     return run
+
+
+# reductions numpy can write into a given array (in the input's own dtype, as `fn` does)
+_DIRECT = {
+    "ReduceSum": lambda x, ax, kd, o: np.sum(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o),
+    "ReduceMean": lambda x, ax, kd, o: np.mean(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o),
+    "ReduceMax": lambda x, ax, kd, o: np.max(x, axis=ax, keepdims=kd, out=o),
+    "ReduceMin": lambda x, ax, kd, o: np.min(x, axis=ax, keepdims=kd, out=o),
+}
 
 
 @kernels.register(["ArgMax", "ArgMin"], since=1)

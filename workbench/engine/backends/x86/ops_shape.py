@@ -7,7 +7,9 @@ These move or create data without arithmetic on it, so they take every dtype ONN
 return views; every other output is a fresh array. Shape-like inputs (Reshape's shape,
 Slice's starts/ends, Unsqueeze's axes, Pad's pads...) are read once in the factory when
 they are initializers. Kernels whose output size depends on data (Expand, Tile, Pad,
-Range, ConstantOfShape) ask `check_size` before allocating.
+Range, ConstantOfShape) ask `check_size` before allocating. Transpose, Concat, Split,
+Gather, Cast, Shape, Constant and Slice with constant bounds write into the arena's buffers
+when the executor passes `out=` (see backends/base.py), one pass over the data.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from ...ir import np_dtype
 from ...memory_guard import check_size
+from ..base import deliver, dest
 from ._numba import const_input, has_input
 from ._table import kernels
 from .ops_elementwise import ANY_STD, NUMBERS, dtypes_ok, ints_of
@@ -126,10 +129,15 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
     perm = node.attrs.get("perm")
     perm = None if perm is None else [int(p) for p in perm]
 
-    def run(x):
+    def run(x, out=None):
         # copy(): a fresh C-ordered array, never a strided view of the input
-        return (np.transpose(x, perm).copy(),)
+        o = dest(out)
+        if o is None:
+            return (np.transpose(x, perm).copy(),)
+        np.copyto(o, np.transpose(x, perm))
+        return (o,)
 
+    run.writes_out = True
     return run
 
 
@@ -137,10 +145,11 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
 def concat(node: Node, ctx: CompileContext) -> KernelFn | None:
     axis_attr = int(node.attrs.get("axis", 1))  # optional (default 1) only before opset 4
 
-    def run(*xs):
+    def run(*xs, out=None):
         axis = axis_attr + xs[0].ndim if axis_attr < 0 else axis_attr
-        return (np.concatenate(xs, axis=axis),)
+        return (np.concatenate(xs, axis=axis, out=dest(out)),)
 
+    run.writes_out = True
     return run
 
 
@@ -160,7 +169,7 @@ def split(node: Node, ctx: CompileContext) -> KernelFn | None:
     if fixed is None and not runtime and node.attrs.get("split") is not None:
         fixed = ints_of(node.attrs["split"])
 
-    def run(x, sizes=None):
+    def run(x, sizes=None, out=None):
         axis = _axis(axis_attr, x.ndim)
         dim = x.shape[axis]
         parts = ints_of(sizes) if runtime else fixed
@@ -171,12 +180,14 @@ def split(node: Node, ctx: CompileContext) -> KernelFn | None:
             raise ValueError(f"Split: sizes {parts} do not add up to dim {dim}")
         outs, start = [], 0
         index: list[Any] = [slice(None)] * x.ndim
-        for p in parts:
+        for i, p in enumerate(parts):
             index[axis] = slice(start, start + p)
-            outs.append(x[tuple(index)].copy())
+            o = dest(out, i) if out is not None and i < len(out) else None
+            outs.append(x[tuple(index)].copy() if o is None else deliver(o, x[tuple(index)]))
             start += p
         return tuple(outs)
 
+    run.writes_out = not runtime  # sizes read from a runtime tensor: shapes are checked
     return run
 
 
@@ -221,11 +232,14 @@ def slice_(node: Node, ctx: CompileContext) -> KernelFn | None:
     fixed = [_fixed_ints(node, i) for i in (1, 2, 3, 4)]
     dynamic = [has_input(node, i) and fixed[i - 1] is None for i in (1, 2, 3, 4)]
 
-    def run(x, starts, ends, axes=None, steps=None):
+    def run(x, starts, ends, axes=None, steps=None, out=None):
         given = (starts, ends, axes, steps)
         b = [ints_of(given[i]) if dynamic[i] else fixed[i] for i in range(4)]
-        return (x[slice_index(x.shape, *b)].copy(),)
+        part = x[slice_index(x.shape, *b)]
+        return (part.copy() if out is None else deliver(out[0], part),)
 
+    # bounds read from runtime tensors decide the shape: then it is checked, not assumed
+    run.writes_out = not any(dynamic)
     return run
 
 
@@ -233,10 +247,23 @@ def slice_(node: Node, ctx: CompileContext) -> KernelFn | None:
 def gather(node: Node, ctx: CompileContext) -> KernelFn | None:
     axis_attr = int(node.attrs.get("axis", 0))
 
-    def run(x, indices):
+    def run(x, indices, out=None):
         # np.take takes negative indices from the end, as ONNX 11+ says, and copies
-        return (np.take(x, indices, axis=_axis(axis_attr, x.ndim)),)
+        axis, o = _axis(axis_attr, x.ndim), dest(out)
+        if o is None:
+            return (np.asarray(np.take(x, indices, axis=axis)),)  # (0-d: not a scalar)
+        # into `out`, mode "raise" goes through a temporary (3x the time of a fresh take
+        # for an embedding lookup); "wrap" after a bounds check does not, and wraps negative
+        # indices as "raise" does. Small outputs skip the check's two reductions.
+        if o.nbytes <= 1 << 16:
+            return (np.take(x, indices, axis=axis, out=o),)
+        n = x.shape[axis]
+        if indices.size and (indices.min() < -n or indices.max() >= n):
+            bad = indices[(indices < -n) | (indices >= n)].reshape(-1)[0]
+            raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {n}")
+        return (np.take(x, indices, axis=axis, out=o, mode="wrap"),)
 
+    run.writes_out = True
     return run
 
 
@@ -301,9 +328,14 @@ def shape(node: Node, ctx: CompileContext) -> KernelFn | None:
     end = node.attrs.get("end")
     end = None if end is None else int(end)
 
-    def run(x):
-        return (np.array(x.shape[start:end], dtype=np.int64),)
+    def run(x, out=None):
+        o = dest(out)
+        if o is None:
+            return (np.array(x.shape[start:end], dtype=np.int64),)
+        o[...] = x.shape[start:end]
+        return (o,)
 
+    run.writes_out = True
     return run
 
 
@@ -328,10 +360,15 @@ def cast(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not _std_dtype(dt) or not dtypes_ok(node, ANY_STD):
         return None
 
-    def run(x):
+    def run(x, out=None):
+        o = dest(out)
         with np.errstate(all="ignore"):  # out-of-range float -> int: undefined in ONNX too
-            return (x.astype(dt),)
+            if o is None:
+                return (x.astype(dt),)
+            np.copyto(o, x, casting="unsafe")  # astype's conversion, into the arena
+            return (o,)
 
+    run.writes_out = True
     return run
 
 
@@ -341,10 +378,15 @@ def cast_like(node: Node, ctx: CompileContext) -> KernelFn | None:
     if not dtypes_ok(node, ANY_STD) or (target is not None and not _std_dtype(target)):
         return None
 
-    def run(x, like):
+    def run(x, like, out=None):
+        o = dest(out)
         with np.errstate(all="ignore"):
-            return (x.astype(like.dtype),)
+            if o is None:
+                return (x.astype(like.dtype),)
+            np.copyto(o, x, casting="unsafe")
+            return (o,)
 
+    run.writes_out = True
     return run
 
 
@@ -470,7 +512,8 @@ def constant(node: Node, ctx: CompileContext) -> KernelFn | None:
     else:
         return None  # sparse_value
 
-    def run():
-        return (value.copy(),)
+    def run(out=None):
+        return (value.copy() if out is None else deliver(out[0], value),)
 
+    run.writes_out = True
     return run

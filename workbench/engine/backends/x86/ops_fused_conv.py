@@ -1,0 +1,412 @@
+"""x86 kernels of the fused ops of the `workbench` domain: FusedConv, FusedGemm, FusedMatMul.
+
+The heavy part runs through the plain x86 kernels, built here for a bias-free copy of the
+node: Conv through ops_conv (its 1x1, im2col, grouped and depthwise algorithms and packed
+weights), Gemm and MatMul through ops_gemm (BLAS with the constant operand prepared once).
+Then one numba pass over their fresh output, in place, adds the bias and the residual `Z`
+and applies the activation while each element sits in a register: the *epilogue*. The
+unfused graph made a pass and a new array for the bias, the Add and the activation each.
+
+The epilogue computes in float32 as the plain kernels do, with two exceptions made for
+speed: exp is a vectorizable polynomial (libm's is a call per element) and exact Gelu is
+the x86 Erf kernel's float64 polynomial with libm's erfc for the tail below -3. All stay
+within a few float32 ulp of the exact functions. The activations are those of the
+`activation` attribute (see passes/fusion/activation.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba import types
+from numba.extending import intrinsic
+
+from ...ir import Node, Value
+from ..base import CompileContext
+from ._numba import const_input, declines_dtype, njit, u64
+from ._table import kernels
+from .ops_activation import _E  # the x86 Erf kernel's float64 polynomial (see there)
+from .ops_conv import conv as plain_conv
+from .ops_gemm import gemm as plain_gemm
+from .ops_gemm import matmul as plain_matmul
+
+if TYPE_CHECKING:
+    from ..base import KernelFn
+
+# activation name -> (its code in the epilogue, default parameters)
+ACTIVATIONS: dict[str, tuple[int, tuple[float, ...]]] = {
+    "": (0, ()),
+    "Relu": (1, ()),
+    "LeakyRelu": (2, (0.01,)),
+    "Clip": (3, (-math.inf, math.inf)),
+    "Sigmoid": (4, ()),
+    "HardSigmoid": (5, (0.2, 0.5)),
+    "HardSwish": (6, ()),
+    "SiLU": (7, ()),
+    "Gelu": (8, ()),
+    "GeluTanh": (9, ()),
+}
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+# numba folds module-level numpy scalars into the code as float32 constants; Python floats
+# would turn the float32 arithmetic below into float64
+_ZERO, _ONE, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
+_INF = np.float32(np.inf)
+_SIXTH = np.float32(1.0 / 6.0)  # HardSwish's alpha, as the x86 HardSwish kernel uses it
+_GELU_A = np.float32(0.044715)
+_GELU_2C = np.float32(2.0 * math.sqrt(2.0 / math.pi))
+_GELU_SPLIT = np.float32(-3.0)  # exact Gelu below this goes through libm's erfc
+
+# exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two so k ln 2 is
+# exact), exp(r) by Cephes' expf polynomial, 2^k as two float32 powers of two made from
+# their bits (one would overflow at k = 128 and could not reach subnormal results): within
+# 2 float32 ulp of exp, checked against float64 exp at 2M points in [-87, 88]. libm's expf
+# is a call LLVM cannot vectorize without SVML; this is plain arithmetic, and vectorizes.
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
+_EXP_P = [np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                  4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)]  # fmt: skip
+_P0, _P1, _P2, _P3, _P4, _P5 = _EXP_P
+# beyond these exp is inf (float32 max is e^88.7228) or below the smallest subnormal
+_EXP_HI, _EXP_LO = np.float32(88.72284), np.float32(-103.97282)
+# numba folds module-level floats into the code; a tuple indexed in a loop it does not
+_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = _E[:10]
+_E10, _E11, _E12, _E13, _E14, _E15, _E16, _E17, _E18 = _E[10:]
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):  # pragma: no cover - compiled
+    """The float32 whose bit pattern is the int32 `bits` (2^k from k + 127 << 23)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always")
+def _pow2(k):  # pragma: no cover - compiled
+    """2^k for -126 <= k <= 127: the exponent field alone."""
+    return _f32_from_bits((k + np.int32(127)) << np.int32(23))
+
+
+@njit(inline="always")
+def _exp(x):  # pragma: no cover - compiled
+    big, tiny = x > _EXP_HI, x < _EXP_LO
+    x = _EXP_HI if big else x
+    x = _EXP_LO if tiny else x
+    k = np.floor(x * _LOG2E + _HALF)
+    r = x - k * _LN2_HI - k * _LN2_LO
+    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    k1 = np.int32(k) >> np.int32(1)
+    k2 = np.int32(k) - k1
+    e = (p * r * r + r + _ONE) * _pow2(k1) * _pow2(k2)
+    e = _INF if big else e
+    return _ZERO if tiny else e
+
+
+@njit(inline="always")
+def _erf_poly(a):  # pragma: no cover - compiled
+    """erf(a) for float64 a, |a| clamped to 4: the polynomial of the x86 Erf kernel."""
+    m = math.fabs(a)
+    m = 4.0 if m > 4.0 else m
+    t = m * m * 0.125 - 1.0
+    p = ((_E18 * t + _E17) * t + _E16) * t + _E15
+    p = ((p * t + _E14) * t + _E13) * t + _E12
+    p = ((p * t + _E11) * t + _E10) * t + _E9
+    p = ((p * t + _E8) * t + _E7) * t + _E6
+    p = ((p * t + _E5) * t + _E4) * t + _E3
+    p = ((p * t + _E2) * t + _E1) * t + _E0
+    return math.copysign(m * p, a)
+
+
+# -- the epilogue -------------------------------------------------------------------------------
+# One loop per activation, each simple enough for LLVM to vectorize; with one loop holding
+# a branch on the activation LLVM kept the branch inside and vectorized nothing (3-20x
+# slower). Each runs over one row of the output (one channel of one image, or one GEMM
+# row) right after the bias and the residual were added to it, while it is still in cache.
+@njit(inline="always")
+def _activate(y, lo, hi, act, p0, p1):  # pragma: no cover - compiled
+    """y[lo:hi] = act(y[lo:hi]) in place."""
+    if act == 1:  # Relu (a NaN stays NaN)
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            y[u64(i)] = _ZERO if v < _ZERO else v
+    elif act == 2:  # LeakyRelu(alpha=p0)
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            y[u64(i)] = v if v >= _ZERO else v * p0
+    elif act == 3:  # Clip(min=p0, max=p1); min > max gives max everywhere, as numpy's clip
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            v = p0 if v < p0 else v
+            y[u64(i)] = p1 if v > p1 else v
+    elif act == 4:  # Sigmoid
+        for i in range(lo, hi):
+            y[u64(i)] = _ONE / (_ONE + _exp(-y[u64(i)]))
+    elif act == 5:  # HardSigmoid(alpha=p0, beta=p1)
+        for i in range(lo, hi):
+            h = y[u64(i)] * p0 + p1
+            h = _ZERO if h < _ZERO else h
+            y[u64(i)] = _ONE if h > _ONE else h
+    elif act == 6:  # HardSwish: x * HardSigmoid(x; 1/6, 1/2)
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            h = v * _SIXTH + _HALF
+            h = _ZERO if h < _ZERO else h
+            y[u64(i)] = v * (_ONE if h > _ONE else h)
+    elif act == 7:  # SiLU: x * Sigmoid(x)
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            y[u64(i)] = v * (_ONE / (_ONE + _exp(-v)))
+    elif act == 8:  # exact Gelu: x/2 (1 + erf(x / sqrt 2))
+        # by the polynomial above -3; below, 1 + erf cancels too many digits: those values
+        # are left as they are and redone with erfc (gelu(x) > -0.2 above -3, so what is
+        # still below -3 after the first loop is exactly them; rare, so a scalar loop)
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            w = np.float64(v)
+            g = np.float32(0.5 * w * (1.0 + _erf_poly(w * 0.7071067811865476)))
+            y[u64(i)] = g if v >= _GELU_SPLIT else v
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            if v < _GELU_SPLIT:
+                w = np.float64(v)
+                y[u64(i)] = 0.5 * w * math.erfc(-w * 0.7071067811865476)
+    elif act == 9:  # tanh Gelu: x/2 (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715x^3)
+        for i in range(lo, hi):
+            v = y[u64(i)]
+            u2 = (v * v * _GELU_A + _ONE) * v * _GELU_2C
+            y[u64(i)] = v / (_ONE + _exp(-u2))
+
+
+@njit
+def _epilogue_channels(y, b, z, nb, nc, p, act, p0, p1):  # pragma: no cover - compiled
+    """y[n, c, q] = act(y[n, c, q] + b[c] + z[n, c, q]) in place, for y of shape
+    (nb, nc, p) flat; an empty z means no residual."""
+    has_z = z.size > 0
+    for n in range(nb):
+        for c in range(nc):
+            bv = b[c]
+            base = (n * nc + c) * p
+            if has_z:
+                for q in range(p):
+                    i = u64(base + q)
+                    y[i] = y[i] + bv + z[i]
+            else:
+                for q in range(p):
+                    i = u64(base + q)
+                    y[i] = y[i] + bv
+            _activate(y, base, base + p, act, p0, p1)
+
+
+@njit
+def _epilogue_rows(y, b, z, rows, cols, act, p0, p1):  # pragma: no cover - compiled
+    """y[r, c] = act(y[r, c] + b[c] + z[r, c]) in place, for y of shape (rows, cols) flat;
+    an empty z means no residual."""
+    has_z = z.size > 0
+    for r in range(rows):
+        base = r * cols
+        if has_z:
+            for c in range(cols):
+                i = u64(base + c)
+                y[i] = y[i] + b[c] + z[i]
+        else:
+            for c in range(cols):
+                i = u64(base + c)
+                y[i] = y[i] + b[c]
+        _activate(y, base, base + cols, act, p0, p1)
+
+
+# -- helpers of the factories ------------------------------------------------------------------
+_EMPTY = np.empty(0, np.float32)
+
+
+def activation_of(node: Node) -> tuple[int, np.float32, np.float32] | None:
+    """(code, p0, p1) of the node's activation, or None when the attributes are not ones
+    the epilogue knows (the reference kernel then says what is wrong)."""
+    name = node.attrs.get("activation", "")
+    if isinstance(name, bytes):
+        name = name.decode()
+    if name not in ACTIVATIONS:
+        return None
+    code, defaults = ACTIVATIONS[name]
+    params = [float(p) for p in node.attrs.get("activation_params", defaults)]
+    if len(params) != len(defaults):
+        return None
+    params += [0.0, 0.0]
+    return code, np.float32(params[0]), np.float32(params[1])
+
+
+def _plain(op_type: str, node: Node, n_inputs: int, attrs: dict, ctx: CompileContext):
+    """The plain x86 kernel for `op_type` on the node's first inputs. The copies of the
+    input values keep the fused node's graph out of it (a Node registers itself as a use)."""
+    ins = [
+        None if v is None else Value(v.name, v.elem_type, v.shape, const=v.const)
+        for v in node.inputs[:n_inputs]
+    ]
+    plain = Node(op_type, ins, [Value(node.outputs[0].name)], attrs, name=node.name)
+    opset = ctx.opsets.get("", 17)
+    return {"Conv": plain_conv, "Gemm": plain_gemm, "MatMul": plain_matmul}[op_type](
+        plain, CompileContext(ctx.backend, opset, ctx.precision, ctx.opsets, ctx.functions)
+    )
+
+
+def _call(plain, out, *args) -> tuple:
+    """The plain kernel, writing into the memory planner's buffer when one is given (the
+    fused kernel says `writes_out` only when the plain one does; see backends/base.py):
+    the epilogue then works in that buffer in place."""
+    if out is None or out[0] is None:
+        return plain(*args)
+    return plain(*args, out=out)
+
+
+def _owned(y: np.ndarray) -> np.ndarray:
+    """The plain kernels return fresh C-contiguous arrays; anything else is copied before
+    the epilogue writes into it (a float64 one too: the epilogue computes in float32)."""
+    if y.flags.c_contiguous and y.flags.writeable and y.dtype == np.float32:
+        return y
+    return np.array(y, dtype=np.float32, order="C")
+
+
+def _finish(y: np.ndarray, res: np.ndarray, out) -> np.ndarray:
+    """The epilogue's result in the plain kernel's dtype, in the given buffer if any."""
+    if y is res:
+        return y
+    y = y.astype(res.dtype, copy=False)
+    if out is not None and out[0] is not None:
+        np.copyto(out[0], y)
+        return out[0]
+    return y
+
+
+# numba compiles one version of the epilogue per set of array types, and a read-only array
+# (a memory-mapped weight, a broadcast view) is a type of its own: b and z are always
+# handed over writeable, so one compiled version serves every call.
+def _full(a: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """`a` broadcast to `shape` as a flat float32 array (empty when absent)."""
+    if a is None:
+        return _EMPTY
+    if a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable:
+        return a.reshape(-1)
+    try:
+        return np.array(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)
+    except ValueError:
+        raise ValueError(
+            f"{what} of shape {list(a.shape)} does not broadcast to {list(shape)}"
+        ) from None
+
+
+def _vector(a: np.ndarray | None, n: int, what: str) -> np.ndarray:
+    """A per-channel (or per-column) vector of length n, zeros when absent (a copy)."""
+    if a is None:
+        return np.zeros(n, np.float32)
+    if a.size not in (1, n) or any(d != 1 for d in a.shape[:-1]):
+        raise ValueError(f"{what} of shape {list(a.shape)} is not a vector of {n} values")
+    return np.array(np.broadcast_to(a.reshape(-1), (n,)), dtype=np.float32)
+
+
+def _declines(node: Node, *positions: int) -> bool:
+    return any(declines_dtype(node, i) for i in positions)
+
+
+# -- the kernels ----------------------------------------------------------------------------------
+@kernels.register("FusedConv", domain="workbench", since=1)
+def fused_conv(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Y = act(Conv(X, W) + B + Z): the x86 Conv without its bias, then the epilogue."""
+    act = activation_of(node)
+    if act is None or _declines(node, 0, 1, 2, 3):
+        return None
+    attrs = {k: v for k, v in node.attrs.items() if k in _CONV_ATTRS}
+    conv = _plain("Conv", node, 2, attrs, ctx)
+    if conv is None:
+        return None
+    b_const = const_input(node, 2)
+    bias = None if b_const is None else np.array(b_const.reshape(-1), dtype=np.float32)
+
+    def run(x, w, b=None, z=None, out=None):
+        (res,) = _call(conv, out, x, w)
+        y = _owned(res)
+        m = y.shape[1]
+        bv = bias if bias is not None and bias.size == m else _vector(b, m, "FusedConv bias B")
+        zz = _full(z, y.shape, "FusedConv residual Z")
+        per_channel = y.size // max(1, y.shape[0] * m)  # output pixels
+        _epilogue_channels(y.reshape(-1), bv, zz, y.shape[0], m, per_channel, *act)
+        return (_finish(y, res, out),)
+
+    run.algorithm = f"{getattr(conv, 'algorithm', 'default')}+epilogue"
+    run.writes_out = getattr(conv, "writes_out", False)
+    return run
+
+
+@kernels.register("FusedGemm", domain="workbench", since=1)
+def fused_gemm(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Y = act(alpha A'B' + beta C): the x86 Gemm without C, then the epilogue (a C that
+    is one row is the epilogue's bias; any other shape its residual)."""
+    act = activation_of(node)
+    if act is None or _declines(node, 0, 1, 2):
+        return None
+    attrs = {k: v for k, v in node.attrs.items() if k in ("alpha", "transA", "transB")}
+    gemm = _plain("Gemm", node, 2, attrs, ctx)
+    if gemm is None:
+        return None
+    beta = float(node.attrs.get("beta", 1.0))
+    c_const = const_input(node, 2)
+    row_bias = None  # a constant C of one row, scaled by beta once
+    if c_const is not None and c_const.ndim <= 2 and (c_const.ndim < 2 or c_const.shape[0] == 1):
+        row_bias = np.array(c_const * np.float32(beta), dtype=np.float32).reshape(-1)
+
+    def run(a, b, c=None, out=None):
+        (res,) = _call(gemm, out, a, b)
+        y = _owned(res)
+        rows, cols = y.shape
+        zz = _EMPTY
+        if c is None or beta == 0.0:
+            bv = np.zeros(cols, np.float32)
+        elif row_bias is not None:
+            bv = row_bias if row_bias.size == cols else _vector(row_bias, cols, "FusedGemm C")
+        elif c.ndim < 2 or c.shape[0] == 1:
+            bv = _vector(c * np.float32(beta), cols, "FusedGemm C")
+        else:
+            bv = np.zeros(cols, np.float32)
+            zz = _full(c * np.float32(beta), y.shape, "FusedGemm C")
+        _epilogue_rows(y.reshape(-1), bv, zz, rows, cols, *act)
+        return (_finish(y, res, out),)
+
+    run.algorithm = "gemm+epilogue"
+    run.writes_out = getattr(gemm, "writes_out", False)
+    return run
+
+
+@kernels.register("FusedMatMul", domain="workbench", since=1)
+def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Y = act(MatMul(A, B) + Bias), Bias along the last dim: the x86 MatMul, then the
+    epilogue over the output as rows of its last dim."""
+    act = activation_of(node)
+    if act is None or _declines(node, 0, 1, 2):
+        return None
+    matmul = _plain("MatMul", node, 2, {}, ctx)
+    if matmul is None:
+        return None
+    b_const = const_input(node, 2)
+    bias = None if b_const is None else np.array(b_const.reshape(-1), dtype=np.float32)
+
+    def run(a, b, bias_in=None, out=None):
+        (res,) = _call(matmul, out, a, b)
+        y = _owned(res)
+        cols = y.shape[-1] if y.ndim else 1
+        given = bias if bias is not None else bias_in
+        ready = given is not None and given.size == cols and given.ndim <= 1
+        if ready and given.dtype == np.float32 and given.flags.writeable:
+            bv = given
+        else:
+            bv = _vector(given, cols, "FusedMatMul Bias")
+        _epilogue_rows(y.reshape(-1), bv, _EMPTY, y.size // max(1, cols), cols, *act)
+        return (_finish(y, res, out),)
+
+    run.algorithm = f"{getattr(matmul, 'algorithm', 'default')}+epilogue"
+    run.writes_out = getattr(matmul, "writes_out", False)
+    return run
