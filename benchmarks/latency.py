@@ -44,14 +44,14 @@ def _timed(fn, n: int) -> list[float]:
 
 
 def measure(
-    name: str, backend: str, repeat: int, warmup: int, threads: int, block: int = 5
+    name: str, backend: str, repeat: int, warmup: int, threads: int, block: int = 5, level: int = 2
 ) -> dict:
     import workbench as wb
     from workbench import zoo
 
     proto = zoo.get(name)
     model = wb.load(proto)
-    sess = wb.Session(model, backend)
+    sess = wb.Session(model, backend, level=level)
     feeds = sess.random_feeds(seed=0)
     ort_sess = _ort_session(proto, threads)
     for _ in range(warmup):
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--block", type=int, default=5, help="runs per engine before switching")
+    p.add_argument("--level", type=int, default=2, help="our opt level (onnxruntime: all on)")
     args = p.parse_args(argv)
     import platform
 
@@ -89,12 +90,14 @@ def main(argv=None) -> int:
 
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{THREADS} threads, workbench {wb.__version__}, backend {args.backend}"
+        f"{THREADS} threads, workbench {wb.__version__}, backend {args.backend}, level {args.level}"
     )
     print(f"{'model':14} {'ours ms':>10} {'ort ms':>10} {'ratio':>7} {'fallbacks':>10}")
     ratios = []
     for name in args.models.split(","):
-        r = measure(name, args.backend, args.repeat, args.warmup, int(THREADS), args.block)
+        r = measure(
+            name, args.backend, args.repeat, args.warmup, int(THREADS), args.block, args.level
+        )
         ratios.append(r["ratio"])
         print(
             f"{r['model']:14} {r['ours_ms']:10.2f} {r['ort_ms']:10.2f} {r['ratio']:7.2f} "

@@ -37,6 +37,7 @@ from .errors import (  # noqa: E402
     UnsupportedOpError,
     WorkbenchError,
 )
+from .profiler import Comparison, Profile, compare, machine_info, profile, runs  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ def __getattr__(name: str):
 __all__ = [
     "AllocationError",
     "BackendUnavailableError",
+    "Comparison",
     "ExternalDataError",
     "FeedError",
     "Graph",
@@ -60,15 +62,20 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "Node",
+    "Profile",
     "Session",
     "UnsupportedOpError",
     "Value",
     "WorkbenchError",
     "backends",
+    "compare",
     "get_backend",
     "load",
+    "machine_info",
     "optimize",
+    "profile",
     "run_model",
+    "runs",
     "save",
     "to_onnx",
 ]

@@ -15,7 +15,7 @@ def test_fused_ops_doc_is_current():
     assert FUSED_OPS, "no fused op is declared"
     assert DOC.read_text() == render_markdown(), (
         "docs/fused_ops.md is stale: regenerate it with\n"
-        "python -c \"from workbench.engine.passes import all_passes; all_passes(); "
+        'python -c "from workbench.engine.passes import all_passes; all_passes(); '
         "from workbench.engine.passes.fused_ops import render_markdown; "
         "open('docs/fused_ops.md','w').write(render_markdown())\""
     )

@@ -66,7 +66,8 @@ def _register_schema(op: OpDoc) -> None:
         def param(name: str, desc: str, *, variadic: bool = False) -> P:
             optional = name.endswith("?")
             option = Opt.Optional if optional else Opt.Variadic if variadic else Opt.Single
-            return P(name.rstrip("?"), "T", desc, param_option=option, is_homogeneous=True)
+            # a variadic list may mix dtypes (FusedElementwise takes int and bool beside float)
+            return P(name.rstrip("?"), "T", desc, param_option=option, is_homogeneous=not variadic)
 
         attrs = []
         for aname, spec in op.attributes.items():
@@ -82,7 +83,7 @@ def _register_schema(op: OpDoc) -> None:
             op.doc,
             inputs=ins,
             outputs=[param(n, d) for n, d in op.outputs],
-            type_constraints=[("T", _FLOATS + ["tensor(int64)", "tensor(bool)"], "tensors")],
+            type_constraints=[("T", [*_FLOATS, "tensor(int64)", "tensor(bool)"], "tensors")],
             attributes=attrs,
         )
         # onnx.reference builds its op table from the schemas it sees on first import and

@@ -52,6 +52,8 @@ class Fate:
     def __str__(self) -> str:
         if self.kind == "kept":
             return f"kept as {self.into}"
+        if self.kind == "eliminated" and self.pass_name == "dead_code":
+            return "eliminated as dead"
         where = f" by {self.rule or self.pass_name}" if (self.rule or self.pass_name) else ""
         target = f" into {self.into}" if self.into else ""
         return f"{self.kind}{target}{where}"
@@ -92,7 +94,15 @@ class OptimizeResult:
                     prior = out.get(name) or Fate("fused")
                     kind = prior.kind if prior.kind in ("fused", "rewritten") else "fused"
                     out[name] = Fate(kind, n.name, prior.pass_name, prior.rule)
-        return {n.name: out.get(n.name, Fate("eliminated")) for n in self.before.graph.walk()}
+        res = {n.name: out.get(n.name, Fate("eliminated")) for n in self.before.graph.walk()}
+        for name, f in res.items():  # follow merges: merged into Y, and Y later fused into Z
+            for _ in range(8):
+                t = res.get(f.into) if f.kind == "merged" else None
+                if t is None or t.kind in ("kept", "merged"):
+                    break
+                f = Fate("merged", t.into, f.pass_name, f.rule)
+            res[name] = f
+        return res
 
     def fate(self, original: str) -> Fate:
         return self.fates()[original]
