@@ -10,7 +10,7 @@ from pathlib import Path
 
 import workbench
 
-ENGINE_CORE_BUDGET = 2600
+ENGINE_CORE_BUDGET = 2800  # raised from 2600 when the memory planner (memory.py) landed
 
 
 def _code_lines(path: Path) -> int:
