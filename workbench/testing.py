@@ -63,6 +63,33 @@ def node_model(
     return model, feeds
 
 
+def graph_model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[tuple],
+    outputs: Sequence[tuple] = (("y", None),),
+    inits: Any = (),
+    opset: int = 17,
+) -> Any:
+    """A loaded `Model` from `onnx.helper` nodes. `inputs`/`outputs` are (name, shape) or
+    (name, shape, elem type) with float32 the default; `inits` maps (or pairs) names to arrays."""
+
+    def info(spec: tuple) -> onnx.ValueInfoProto:
+        name, shape, *elem = spec
+        return helper.make_tensor_value_info(
+            name, elem[0] if elem else onnx.TensorProto.FLOAT, shape
+        )
+
+    graph = helper.make_graph(
+        list(nodes),
+        "g",
+        [info(s) for s in inputs],
+        [info(s) for s in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in dict(inits).items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return load(proto)
+
+
 def run_node(
     backend: str,
     op_type: str,

@@ -16,30 +16,14 @@ from onnx import TensorProto, helper, numpy_helper
 import workbench as wb
 from workbench.engine.passes import optimize
 from workbench.engine.passes.cleanup import cse, dead_code, eliminate, fold
-from workbench.testing import assert_close
+from workbench.testing import assert_close, graph_model
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 BACKENDS = ("reference", "x86")
 RNG = np.random.default_rng(0)
 
 
-def _model(nodes, inputs, outputs, inits=(), opset: int = 17) -> wb.Model:
-    """`inputs`/`outputs`: (name, shape) or (name, shape, elem type); `inits`: name -> array."""
-
-    def info(spec):
-        name, shape, *elem = spec
-        return helper.make_tensor_value_info(name, elem[0] if elem else F, shape)
-
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [info(s) for s in inputs],
-        [info(s) for s in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in dict(inits).items()],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    return wb.load(proto)
+_model = graph_model  # shared with the other pass tests
 
 
 def _const(name: str, value) -> object:
@@ -336,7 +320,7 @@ def test_dead_nodes_and_unused_initializers_are_removed():
     assert not result.after.graph.initializers
     assert [c.removed for c in result.changes] == [("dead_exp",), ("dead_mul",)]
     assert result.fate("dead_mul").kind == "eliminated"
-    assert str(result.fate("dead_exp")) == "eliminated by dead_code"
+    assert str(result.fate("dead_exp")) == "eliminated as dead"
     _same_outputs(result, {"x": np.float32([-1.0, 0.5, 2.0])})
 
 

@@ -21,14 +21,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import workbench as wb
 from workbench import zoo
 from workbench.engine.backends.reference.ops_fused_elementwise import OPS, parse_program
 from workbench.engine.passes import optimize
 from workbench.engine.passes.fusion import elementwise, transpose_reshape
-from workbench.testing import assert_close, node_model, run_node
+from workbench.testing import assert_close, graph_model, node_model, run_node
 
 F, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 BACKENDS = ("reference", "x86")
@@ -242,21 +242,7 @@ def test_a_second_process_reuses_the_generated_kernel(tmp_path):
 # -- the elementwise pass -----------------------------------------------------------------------
 
 
-def _model(nodes, inputs, outputs, inits=(), opset: int = 17) -> wb.Model:
-    def info(spec):
-        name, shape, *elem = spec
-        return helper.make_tensor_value_info(name, elem[0] if elem else F, shape)
-
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [info(s) for s in inputs],
-        [info(s) for s in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in dict(inits).items()],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    return wb.load(proto)
+_model = graph_model  # shared with the other pass tests
 
 
 def _same_outputs(result, feeds) -> None:

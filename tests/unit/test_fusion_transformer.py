@@ -15,13 +15,13 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import workbench as wb
 from workbench import zoo
 from workbench.engine.passes import optimize
 from workbench.engine.passes.fusion import attention, gelu, layernorm
-from workbench.testing import assert_close, run_node
+from workbench.testing import assert_close, graph_model, run_node
 
 FAMILY = [*gelu.PASSES, *layernorm.PASSES, *attention.PASSES]
 MINE = ("gelu", "layernorm", "attention")
@@ -36,23 +36,7 @@ def _rand(*shape: int, scale: float = 1.0) -> np.ndarray:
     return (RNG.standard_normal(shape) * scale).astype(np.float32)
 
 
-def _model(nodes, inputs, outputs=(("y", None),), inits=(), opset: int = 17) -> wb.Model:
-    """A model from helper nodes; `inputs`/`outputs` are (name, shape[, elem type])."""
-
-    def info(spec):
-        name, shape, *elem = spec
-        return helper.make_tensor_value_info(name, elem[0] if elem else F, shape)
-
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [info(i) for i in inputs],
-        [info(o) for o in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in inits],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8
-    return wb.load(proto)
+_model = graph_model  # shared with the other pass tests
 
 
 def _fused(model: wb.Model, backend: str = "x86", passes=FAMILY, level: int = 2):
