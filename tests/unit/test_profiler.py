@@ -428,3 +428,11 @@ def test_resnet50_flops_and_accounting():
     # the time inside kernels accounts for each run, and the kernels' medians for the median
     assert prof.runs["kernels_ms"].median() == pytest.approx(prof.latency_ms, rel=0.10)
     assert prof.kernels_ms == pytest.approx(prof.latency_ms, rel=0.10)
+
+
+def test_profile_records_the_peak_rss_of_its_runs():
+    import workbench as wb
+
+    prof = wb.profile("tiny_resnet", repeat=2, warmup=1, save=False, progress=False)
+    assert prof.meta["peak_rss_bytes"] > 10 * 2**20  # a Python process with numpy is larger
+    assert "peak RSS" in prof.summary()

@@ -156,10 +156,13 @@ def profile(
     stamps = np.empty((repeat, n + 1), np.float64)
     bounds = np.empty((repeat, 2), np.float64)
     bar = _progress(repeat, progress, f"profile {model_name} on {sess.backend.name}")
+    from ..engine.memory import PeakRSS
+
     try:
-        for r in range(repeat):
-            measure_once(sess, feeds, stamps, bounds, r)
-            bar.update()
+        with PeakRSS() as rss:  # the steady-state runs' peak resident memory
+            for r in range(repeat):
+                measure_once(sess, feeds, stamps, bounds, r)
+                bar.update()
     finally:
         bar.close()
 
@@ -193,7 +196,10 @@ def profile(
         "dims": dict(dims or {}),
         "machine": machine,
         "summary": _summary_numbers(kernels, runs),
+        "peak_rss_bytes": int(rss.peak_bytes),
+        "peak_rss_is_since_start": not rss.reset,  # True where the OS cannot reset the mark
     }
+    meta["summary"]["peak_rss_mib"] = rss.peak_bytes / 2**20
     memory = _memory_summary(sess)
     if memory is not None:
         meta["memory"] = memory
@@ -480,6 +486,10 @@ class Profile:
         if m.get("peak_gflops"):
             line += f" (machine: {m['peak_gflops']:.0f} GFLOP/s peak, {m['mem_gbps']:.1f} GB/s)"
         lines.append(line)
+        if "peak_rss_bytes" in self.meta:
+            lines.append(
+                f"  peak RSS of the timed runs: {self.meta['peak_rss_bytes'] / 2**20:.1f} MiB"
+            )
         mem = self.meta.get("memory")
         if mem:
             lines.append(f"  memory: {mem['summary']}")
