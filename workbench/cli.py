@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             skipped.append(f"{info.name}: {info.reason}")
             continue
         t0 = time.perf_counter()
-        sess = wb.Session(model, info.name)
+        level = 0 if info.name == "reference" else args.level  # the reference runs as given
+        sess = wb.Session(model, info.name, level=level)
         compile_s = time.perf_counter() - t0
         out = sess.run(feeds)  # warm-up (numba compiles here on first use)
         median = _time(lambda s=sess: s.run(feeds), args.repeat)
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dims", help="values for symbolic dims, e.g. batch=1,sequence=128")
     r.add_argument("--repeat", type=int, default=5, help="timed runs per backend (median)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random feeds")
+    r.add_argument("--level", type=int, default=2, help="opt level off the reference backend")
     r.add_argument(
         "--no-onnxruntime", dest="onnxruntime", action="store_false", help="skip the ORT row"
     )
