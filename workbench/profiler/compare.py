@@ -28,11 +28,10 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import pandas as pd
 
 from ..engine.executor import Session, execute
 from ..engine.model import Model
@@ -41,6 +40,9 @@ from ..engine.plan import NONE_SLOT, SINK_SLOT, Plan, Step
 from ..errors import WorkbenchError
 from .metrics import HIST_EDGES, METRICS, TensorMetrics, tensor_metrics
 from .store import model_hash
+
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import: only when a comparison is built
+    import pandas as pd
 
 # default (atol, rtol) by the precision the tested backend computes in: a few units of
 # roundoff of that precision after a deep network, per element as numpy.isclose tests
@@ -411,6 +413,8 @@ def compare(
         "n_steps": {b: len(s.plan.steps) for b, s in sessions.items()},
         "seconds": seconds,
     }
+    import pandas as pd
+
     tensors = pd.DataFrame(rows, columns=_columns())
     result = Comparison(meta, tensors, pd.DataFrame(node_rows, columns=_NODE_COLUMNS), arrays)
     if save:
