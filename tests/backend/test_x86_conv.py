@@ -168,3 +168,16 @@ def test_conv_transpose_absurd_output_shape_refused():
     x, w = f32(1, 1, 2, 2), f32(1, 1, 2, 2)
     with pytest.raises(AllocationError):
         run_node("x86", "ConvTranspose", [x, w], {"output_shape": [1 << 20, 1 << 20]}, consts=(1,))
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_conv_transpose_same_with_kernel_shorter_than_stride(auto_pad):
+    # total padding would be negative: the output is the natural size, not in * stride
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    attrs = {"strides": [3, 3], "auto_pad": auto_pad}
+    (got,) = run_node("x86", "ConvTranspose", [x, w], attrs, consts=[1], expect_native=True)
+    (want,) = run_node("reference", "ConvTranspose", [x, w], attrs, consts=[1])
+    assert got.shape == want.shape == (1, 3, 11, 14)
+    assert_close(got, want)

@@ -397,7 +397,9 @@ class _ConvTGeom:
             out = (
                 [int(v) for v in out_attr][-nsp:]
                 if out_attr
-                else [ins[i] * strides[i] for i in range(nsp)]
+                # SAME pads never go negative: a kernel shorter than the stride gives the
+                # natural size (as reference, onnx shape inference and onnxruntime do)
+                else [min(ins[i] * strides[i], full[i]) for i in range(nsp)]
             )
             total = [full[i] - out[i] for i in range(nsp)]
             if auto_pad == "SAME_UPPER":
