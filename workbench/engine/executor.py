@@ -74,10 +74,8 @@ def execute(
             outs = step.run(*args)
         except WorkbenchError:
             raise
-        except MemoryError as e:
-            raise AllocationError(describe_failure(step, args, e)) from e
         except Exception as e:
-            raise KernelError(describe_failure(step, args, e)) from e
+            raise _failure(step, args, e) from e
         if len(outs) < len(step.outputs):
             raise KernelError(_short_message(step, outs))
         for s, o in zip(step.outputs, outs):
@@ -95,15 +93,20 @@ def _short_message(step: Step, outs: Any) -> str:
     )
 
 
+def _failure(step: Step, args: list[Any], err: Exception) -> WorkbenchError:
+    """What a kernel's exception becomes: out of memory -> AllocationError, else KernelError,
+    both naming the node, the op, the backend and the input shapes."""
+    kind = AllocationError if isinstance(err, MemoryError) else KernelError
+    return kind(describe_failure(step, args, err))
+
+
 def _call(step: Step, args: list[Any], **out: Any) -> Any:
     try:
         return step.run(*args, **out)
     except WorkbenchError:
         raise
-    except MemoryError as e:
-        raise AllocationError(describe_failure(step, args, e)) from e
     except Exception as e:
-        raise KernelError(describe_failure(step, args, e)) from e
+        raise _failure(step, args, e) from e
 
 
 def _execute_general(
@@ -160,10 +163,8 @@ def _execute_arena(
             res = step.run(*args) if out is None else step.run(*args, out=out)
         except WorkbenchError:
             raise
-        except MemoryError as e:
-            raise AllocationError(describe_failure(step, args, e)) from e
         except Exception as e:
-            raise KernelError(describe_failure(step, args, e)) from e
+            raise _failure(step, args, e) from e
         if times is not None:
             sync()
             times.append(clock())
