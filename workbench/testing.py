@@ -90,6 +90,35 @@ def graph_model(
     return load(proto)
 
 
+def assert_same_outputs(
+    before: Any,
+    after: Any,
+    feeds: dict[str, np.ndarray],
+    backend: str,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> Any:
+    """Models `before` and `after` (e.g. an optimization's two sides) give the same outputs on
+    `backend` within fp32 tolerance (`assert_close`); returns the `after` session."""
+    after_sess = Session(after, backend)
+    want = Session(before, backend).run(feeds)
+    got = after_sess.run(feeds)
+    for name in want:
+        assert_close(got[name], want[name], rtol=rtol, atol=atol, err_msg=f"{backend} {name}")
+    return after_sess
+
+
+def op_names(model: Any) -> list[str]:
+    """Op types in graph order, custom domains as `domain.Op` (e.g. `workbench.FusedConv`)."""
+    return [f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph]
+
+
+def rejection_reasons(result: Any, rule: str) -> list[str]:
+    """The reasons an optimization recorded for candidates `rule` refused."""
+    return [r.reason for r in result.rejected if r.rule == rule]
+
+
 def run_node(
     backend: str,
     op_type: str,

@@ -19,7 +19,7 @@ import workbench as wb
 from workbench import zoo
 from workbench.engine.passes import optimize
 from workbench.engine.passes.fusion import activation, conv_add_relu, conv_bn, linear
-from workbench.testing import assert_close
+from workbench.testing import assert_close, assert_same_outputs, op_names, rejection_reasons
 
 FAMILY = [*conv_bn.PASSES, *linear.PASSES, *conv_add_relu.PASSES, *activation.PASSES]
 BACKENDS = ("reference", "x86")
@@ -59,25 +59,16 @@ def _check_outputs(result, feeds=None) -> None:
     onnx.checker.check_model(wb.to_onnx(result.after))
     feeds = feeds or _feeds(result.before)
     for backend in BACKENDS:
-        after = wb.Session(result.after, backend)
+        after = assert_same_outputs(result.before, result.after, feeds, backend, rtol=1e-4)
         fused = [s.node.name for s in after.plan.steps if s.node.domain == "workbench"]
         fallbacks = [s.node.name for s in after.plan.fallbacks if s.node.domain == "workbench"]
         assert not fallbacks, f"fused nodes fell back to reference on {backend}: {fallbacks}"
         if backend == "x86":
             algorithms = [s.kernel.algorithm for s in after.plan.steps if s.node.name in fused]
             assert all(a.endswith("+epilogue") for a in algorithms), algorithms
-        want = wb.Session(result.before, backend).run(feeds)
-        got = after.run(feeds)
-        for name in want:
-            assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{backend} {name}")
 
 
-def _ops(model: wb.Model) -> list[str]:
-    return [f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph]
-
-
-def _reasons(result, rule: str) -> list[str]:
-    return [r.reason for r in result.rejected if r.rule == rule]
+_ops, _reasons = op_names, rejection_reasons
 
 
 # -- conv_bn ---------------------------------------------------------------------------------

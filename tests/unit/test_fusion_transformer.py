@@ -21,7 +21,14 @@ import workbench as wb
 from workbench import zoo
 from workbench.engine.passes import optimize
 from workbench.engine.passes.fusion import attention, gelu, layernorm
-from workbench.testing import assert_close, graph_model, run_node
+from workbench.testing import (
+    assert_close,
+    assert_same_outputs,
+    graph_model,
+    op_names,
+    rejection_reasons,
+    run_node,
+)
 
 FAMILY = [*gelu.PASSES, *layernorm.PASSES, *attention.PASSES]
 MINE = ("gelu", "layernorm", "attention")
@@ -50,22 +57,13 @@ def _check_outputs(model: wb.Model, feeds: dict[str, np.ndarray] | None = None, 
     for backend in BACKENDS:
         result = _fused(model, backend, **optimize_kw)
         assert result.changes, f"nothing fused for {backend}"
-        after = wb.Session(result.after, backend)
+        after = assert_same_outputs(result.before, result.after, feeds, backend, rtol=1e-4)
         new = {n for c in result.changes if c.rule in MINE for n in c.added}
         fallbacks = [s.node.name for s in after.plan.fallbacks if s.node.name in new]
         assert not fallbacks, f"fused nodes fell back to reference on {backend}: {fallbacks}"
-        want = wb.Session(result.before, backend).run(feeds)
-        got = after.run(feeds)
-        for name in want:
-            assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{backend} {name}")
 
 
-def _ops(model: wb.Model) -> list[str]:
-    return [f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph]
-
-
-def _reasons(result, rule: str) -> list[str]:
-    return [r.reason for r in result.rejected if r.rule == rule]
+_ops, _reasons = op_names, rejection_reasons
 
 
 # -- gelu --------------------------------------------------------------------------------------
