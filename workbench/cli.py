@@ -173,8 +173,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-# Subcommands contributed by other parts of the package: each module has register(sub).
-_EXTENSIONS = ("workbench.profiler.cli",)
+# Subcommands from other parts, each a module with `register(sub)`; a missing one is skipped.
+_EXTENSIONS = (
+    "workbench.profiler.cli",  # profile
+    "workbench.viz.cli",  # report
+    "workbench.remote.cli",  # arm setup, worker
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:  # the extension exists but something it needs is missing
+            if not (e.name and name.startswith(e.name)):  # it exists but lacks a dependency
                 raise
             continue
         module.register(sub)
