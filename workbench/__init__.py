@@ -9,6 +9,8 @@ wb.backends()                          # what can run here, and why not
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._cache import configure_numba_cache
 
 configure_numba_cache()  # before anything imports numba
@@ -42,12 +44,20 @@ from .profiler import Comparison, Profile, compare, machine_info, profile, runs 
 __version__ = "0.1.0"
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext workbench`: registers the `%workbench` magic (widgets/magics.py)."""
+    from .widgets.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __getattr__(name: str):
-    # The zoo builds big models with onnx.helper; import it only when asked for.
-    if name == "zoo":
+    # The zoo builds big models with onnx.helper, viz and widgets import plotly and
+    # ipywidgets: each is imported only when asked for.
+    if name in ("zoo", "viz", "widgets"):
         import importlib
 
-        return importlib.import_module(".zoo", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 
