@@ -1,17 +1,70 @@
 """`cuda`: NVIDIA GPUs through numba.cuda (and pycuda for CUDA C, optional).
 
-The interface is in place so the registry, plans and profiles already know the device;
-its kernels arrive with the CUDA backend work. Nothing here imports numba.cuda or pycuda
-at import time: availability is checked lazily.
+Every `ops_*.py` module here registers numba.cuda kernel factories into `_table.kernels`;
+nothing imports numba.cuda or pycuda when the package is imported (kernels are built by
+their factories, on first use). Tensors live on the device between kernels; the plan's
+own steps copy feeds in, outputs out and the tensors of fallback kernels (ops without a
+cuda kernel run on `reference`, on the host) back and forth (`_plan.place`), so a profile
+shows every copy as a row.
+
+Timing: on a real GPU the profiler asks `backend.events` for a CUDA-event timer (one event
+recorded after each step, elapsed times read once the run is done); under numba's CUDA
+simulator there are no device clocks and steps are timed with perf_counter, as
+`profile_meta()["timing"]` says.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
+from typing import Any
 
 import numpy as np
 
 from ..base import Availability, Backend
+from . import _launch
+from ._table import kernels
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name.startswith("ops_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+
+class EventTimer:
+    """CUDA events per step: `start()` before a run, `synchronize()` of the backend records
+    one event per step, `stop(times)` rewrites the run's perf_counter stamps from the
+    events' elapsed milliseconds (the first stamp stays the host's: the clock origin)."""
+
+    def __init__(self, backend: CudaBackend) -> None:
+        self.backend = backend
+        self.events: list[Any] = []
+        self.memory_before: tuple[int, int] | None = None
+        self.memory_after: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        cuda = _launch.cuda()
+        if self.memory_before is None:
+            self.memory_before = self.backend.memory_info()
+        first = cuda.event()
+        first.record()
+        self.events = [first]
+        self.backend._timer = self
+
+    def record(self) -> None:
+        e = _launch.cuda().event()
+        e.record()
+        e.synchronize()
+        self.events.append(e)
+
+    def stop(self, times: list[float]) -> None:
+        self.backend._timer = None
+        elapsed = _launch.cuda().event_elapsed_time
+        first = self.events[0]
+        if len(self.events) == len(times):
+            t0 = times[0]
+            times[1:] = [t0 + elapsed(first, e) / 1e3 for e in self.events[1:]]
+        self.memory_after = self.backend.memory_info()
 
 
 class CudaBackend(Backend):
@@ -21,39 +74,98 @@ class CudaBackend(Backend):
     dtypes = frozenset({"float32", "float16"})
     description = "numba.cuda kernels on an NVIDIA GPU"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels = kernels
+        self._timer: EventTimer | None = None
+        self._event_timer: EventTimer | None = None
+
     def availability(self) -> Availability:
-        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        if _launch.simulated():
             sim = "numba's CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1)"
         else:
             sim = ""
         try:
-            from numba import cuda
+            cuda = _launch.cuda()
         except Exception as e:
             return Availability(False, "unavailable", f"numba.cuda does not import: {e}")
         if not sim and not cuda.is_available():
-            return Availability(False, "unavailable", "no CUDA driver found")
+            why = "no CUDA driver or GPU found (set NUMBA_ENABLE_CUDASIM=1 for the simulator)"
+            return Availability(False, "unavailable", why)
         if not self.kernels.specs():
             why = "the CUDA kernels are not built yet"
             return Availability(False, "unavailable", f"{why}; {sim}" if sim else why)
         return Availability(True, "simulator" if sim else "native", sim)
 
-    def to_device(self, array: np.ndarray):
-        from numba import cuda
+    # -- tensors on the device ----------------------------------------------------------------
+    def to_device(self, array: np.ndarray) -> Any:
+        return _launch.upload(np.asarray(array))
 
-        return cuda.to_device(np.ascontiguousarray(array))
+    def to_host(self, tensor: Any) -> np.ndarray:
+        return _launch.download(tensor) if _launch.is_device(tensor) else np.asarray(tensor)
 
-    def to_host(self, tensor) -> np.ndarray:
-        return tensor.copy_to_host() if hasattr(tensor, "copy_to_host") else np.asarray(tensor)
-
-    def allocate(self, nbytes: int):
-        from numba import cuda
-
-        return cuda.device_array(nbytes, dtype=np.uint8)
+    def allocate(self, nbytes: int) -> Any:
+        return _launch.cuda().device_array(nbytes, dtype=np.uint8)
 
     def synchronize(self) -> None:
-        from numba import cuda
+        if self._timer is not None:
+            self._timer.record()
+        else:
+            _launch.cuda().synchronize()
 
-        cuda.synchronize()
+    def place(self, plan: Any) -> None:
+        """Called by `compile_plan`: add the host<->device copy steps (see `_plan`)."""
+        from ._plan import place
+
+        place(plan)
+
+    # -- measuring ----------------------------------------------------------------------------
+    @property
+    def events(self) -> EventTimer | None:
+        """The CUDA-event timer of this backend, None under the simulator (no device clock)."""
+        if _launch.simulated():
+            return None
+        if self._event_timer is None:
+            self._event_timer = EventTimer(self)
+        return self._event_timer
+
+    def memory_info(self) -> tuple[int, int] | None:
+        """(free, total) bytes of device memory as the driver reports them; None when it
+        cannot (the simulator reports infinity)."""
+        try:
+            free, total = _launch.cuda().current_context().get_memory_info()
+        except Exception:
+            return None
+        if not (np.isfinite(free) and np.isfinite(total)):
+            return None
+        return int(free), int(total)
+
+    def device_name(self) -> str:
+        if _launch.simulated():
+            return "numba CUDA simulator"
+        try:
+            dev = _launch.cuda().get_current_device()
+            name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+            return f"{name} (cc {dev.compute_capability[0]}.{dev.compute_capability[1]})"
+        except Exception as e:
+            return f"unknown ({e})"
+
+    def profile_meta(self) -> dict[str, Any]:
+        """What a profile records about the device: the clock its steps were timed with and
+        device memory (free/total) before the first and after the last timed run."""
+        timer = self._event_timer
+        sim = _launch.simulated()
+        meta: dict[str, Any] = {
+            "device": self.device_name(),
+            "timing": "perf_counter (simulator: no CUDA events)" if sim else "cuda events",
+            "device_memory": None,
+        }
+        if timer is not None and timer.memory_before and timer.memory_after:
+            (f0, total), (f1, _) = timer.memory_before, timer.memory_after
+            meta["device_memory"] = {"free_before": f0, "free_after": f1, "total": total}
+        elif os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            meta["device_memory_note"] = "the simulator has no device memory to report"
+        return meta
 
 
 BACKEND = CudaBackend()

@@ -1,0 +1,236 @@
+"""cuda kernels of the normalizations, reductions and pools: BatchNormalization (inference:
+x * scale + shift, folded on the host from constant statistics), LayerNormalization and
+`workbench.LayerNorm` (one thread per row, fp32 mean and variance), ReduceMean/Sum/Max/Min
+and GlobalAverage/MaxPool (one thread per output, fp32 accumulation), MaxPool and
+AveragePool in 1-D/2-D (one thread per output)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..common import conv_out_size, conv_pads
+from ._elementwise import run_program
+from ._launch import empty, flat, grid, jit_source, strides
+from ._table import const_of, kernels
+
+if TYPE_CHECKING:
+    from ...ir import Node
+    from ..base import CompileContext, KernelFn
+
+
+@kernels.register("BatchNormalization", since=9)
+def batchnorm(node: Node, ctx: CompileContext) -> KernelFn | None:
+    stats = [const_of(node, i) for i in range(1, 5)]
+    if any(s is None for s in stats) or len(node.outputs) > 1:
+        return None
+    g, b, mean, var = (s.astype(np.float64) for s in stats)
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    scale = (g / np.sqrt(var + eps)).astype(np.float32)
+    shift = (b - mean * scale).astype(np.float32)
+    program = [("Mul", (("x", 0), ("x", 1)), {}), ("Add", (("t", 0), ("x", 2)), {})]
+    dev: dict[int, tuple] = {}
+
+    def run(x: Any, *_: Any) -> tuple:
+        rank = len(x.shape)
+        if rank not in dev:  # per-channel vectors shaped [C, 1, ...] to broadcast over x
+            from ._launch import upload
+
+            shp = (len(scale),) + (1,) * (rank - 2)
+            dev[rank] = (upload(scale.reshape(shp)), upload(shift.reshape(shp)))
+        s, t = dev[rank]
+        return (run_program(program, [x, s, t], x.shape, x.dtype),)
+
+    return run
+
+
+LAYERNORM = """
+def kernel(x, g, b, out, rows, n, eps, has_b):
+    i = cuda.grid(1)
+    if i >= rows:
+        return
+    base = i * n
+    s = float32(0.0)
+    for j in range(n):
+        s += float32(x[base + j])
+    mean = s / n
+    v = float32(0.0)
+    for j in range(n):
+        d = float32(x[base + j]) - mean
+        v += d * d
+    inv = float32(1.0) / math.sqrt(v / n + eps)
+    for j in range(n):
+        y = (float32(x[base + j]) - mean) * inv * float32(g[j])
+        if has_b:
+            y += float32(b[j])
+        out[base + j] = y
+"""
+
+
+@kernels.register("LayerNormalization", since=17)
+@kernels.register("LayerNorm", domain="workbench", since=1)
+def layernorm(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if len([o for o in node.outputs if o.name]) > 1:
+        return None  # mean / inv std outputs: the reference makes them
+    axis = int(node.attrs.get("axis", -1))
+    eps = np.float32(node.attrs.get("epsilon", 1e-5))
+
+    def run(x: Any, g: Any, b: Any = None) -> tuple:
+        a = axis % len(x.shape)
+        n = int(np.prod(x.shape[a:]))
+        rows = x.size // max(n, 1)
+        out = empty(x.shape, x.dtype)
+        if rows:
+            k = jit_source(LAYERNORM)
+            blocks, threads = grid(rows)
+            k[blocks, threads](
+                flat(x), flat(g), flat(b if b is not None else g), flat(out), rows, n, eps,
+                b is not None,
+            )  # fmt: skip
+        return (out,)
+
+    return run
+
+
+def _reduce_source(op: str, nkeep: int, nred: int) -> str:
+    init = {"max": "float32(-math.inf)", "min": "float32(math.inf)"}.get(op, "float32(0.0)")
+    step = {"max": "acc = max(acc, v)", "min": "acc = min(acc, v)"}.get(op, "acc += v")
+    lines = ["def kernel(x, out, total, kshape, kstr, rshape, rstr, count):"]
+    lines += [
+        "    i = cuda.grid(1)",
+        "    if i >= total:",
+        "        return",
+        "    r = i",
+        "    base = 0",
+    ]
+    for d in reversed(range(nkeep)):
+        lines += [
+            f"    c = r % kshape[{d}]",
+            f"    r = r // kshape[{d}]",
+            f"    base += c * kstr[{d}]",
+        ]
+    lines += [
+        f"    acc = {init}",
+        "    for j in range(count):",
+        "        r = j",
+        "        p = base",
+    ]
+    for d in reversed(range(nred)):
+        lines += [f"        c = r % rshape[{d}]", f"        r = r // rshape[{d}]"]
+        lines += [f"        p += c * rstr[{d}]"]
+    lines += ["        v = float32(x[p])", f"        {step}"]
+    lines.append("    out[i] = acc / count" if op == "mean" else "    out[i] = acc")
+    return "\n".join(lines) + "\n"
+
+
+def reduce(x: Any, axes: list[int] | None, keepdims: bool, op: str) -> Any:
+    rank = len(x.shape)
+    red = sorted({a % rank for a in axes}) if axes else list(range(rank))
+    keep = [d for d in range(rank) if d not in red]
+    src = strides(x.shape)
+    out_shape = (
+        [1 if d in red else x.shape[d] for d in range(rank)]
+        if keepdims
+        else [x.shape[d] for d in keep]
+    )
+    out = empty(out_shape, x.dtype)
+    total = out.size
+    count = int(np.prod([x.shape[d] for d in red]))
+    if total:
+        k = jit_source(_reduce_source(op, len(keep), len(red)))
+        blocks, threads = grid(total)
+        k[blocks, threads](
+            flat(x), flat(out), total, tuple(x.shape[d] for d in keep),
+            tuple(src[d] for d in keep), tuple(x.shape[d] for d in red),
+            tuple(src[d] for d in red), count,
+        )  # fmt: skip
+    return out
+
+
+@kernels.register(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"], since=1)
+def reduce_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
+    op = node.op_type[6:].lower()
+    from_input = (node.op_type == "ReduceSum" and ctx.opset >= 13) or ctx.opset >= 18
+    axes = const_of(node, 1) if from_input else node.attrs.get("axes")
+    if from_input and len(node.inputs) > 1 and node.inputs[1] is not None and axes is None:
+        return None
+    keepdims = bool(int(node.attrs.get("keepdims", 1)))
+    if axes is not None and len(axes) == 0:
+        if int(node.attrs.get("noop_with_empty_axes", 0)):
+            return lambda x, *_: (x,)
+        axes = None
+    ax = None if axes is None else [int(a) for a in axes]
+    return lambda x, *_: (reduce(x, ax, keepdims, op),)
+
+
+@kernels.register(["GlobalAveragePool", "GlobalMaxPool"], since=1)
+def global_pool(node: Node, ctx: CompileContext) -> KernelFn | None:
+    op = "mean" if node.op_type == "GlobalAveragePool" else "max"
+    return lambda x: (reduce(x, list(range(2, len(x.shape))), True, op),)
+
+
+POOL = """
+def kernel(x, out, total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, is_max, incl):
+    i = cuda.grid(1)
+    if i >= total:
+        return
+    ow = i % OW
+    oh = (i // OW) % OH
+    nc = i // (OW * OH)
+    acc = float32(-math.inf) if is_max else float32(0.0)
+    n = 0
+    for kh in range(KH):
+        y = oh * sh - ph + kh * dh
+        for kw in range(KW):
+            xx = ow * sw - pw + kw * dw
+            if y >= 0 and y < H and xx >= 0 and xx < W:
+                v = float32(x[(nc * H + y) * W + xx])
+                acc = max(acc, v) if is_max else acc + v
+                n += 1
+    if is_max:
+        out[i] = acc
+    elif incl:
+        out[i] = acc / (KH * KW)
+    else:
+        out[i] = acc / max(n, 1)
+"""
+
+
+@kernels.register(["MaxPool", "AveragePool"], since=1)
+def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
+    if len([o for o in node.outputs if o.name]) > 1 or int(node.attrs.get("ceil_mode", 0)):
+        return None  # Indices, ceil_mode: the reference handles them
+    kernel = list(node.attrs["kernel_shape"])
+    if len(kernel) not in (1, 2) or int(node.attrs.get("storage_order", 0)):
+        return None
+    is_max = node.op_type == "MaxPool"
+    incl = bool(int(node.attrs.get("count_include_pad", 0)))
+    nd = len(kernel)
+    st = list(node.attrs.get("strides") or [1] * nd)
+    dl = list(node.attrs.get("dilations") or [1] * nd)
+    ap = node.attrs.get("auto_pad", "NOTSET")
+    ap = ap.decode() if isinstance(ap, bytes) else ap
+
+    def run(x: Any) -> tuple:
+        pads = conv_pads(x.shape[2:], kernel, st, dl, node.attrs.get("pads"), ap)
+        if nd == 1:
+            geo = (1, x.shape[2], 1, kernel[0], 1, st[0], 1, dl[0], 0, pads[0], 0, pads[1])
+        else:
+            geo = (*x.shape[2:], *kernel, *st, *dl, *pads)
+        H, W, KH, KW, sh, sw, dh, dw, ph, pw, peh, pew = geo
+        OH = conv_out_size(H, KH, sh, dh, ph, peh)
+        OW = conv_out_size(W, KW, sw, dw, pw, pew)
+        out_shape = (*x.shape[:2], OH, OW) if nd == 2 else (*x.shape[:2], OW)
+        out = empty(out_shape, x.dtype)
+        total = out.size
+        if total:
+            k = jit_source(POOL)
+            blocks, threads = grid(total)
+            k[blocks, threads](
+                flat(x), flat(out), total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw,
+                is_max, incl,
+            )  # fmt: skip
+        return (out,)
+
+    return run
