@@ -46,6 +46,7 @@ class Plan:
     inputs: list[tuple[Value, int]] = field(default_factory=list)  # fed by the caller
     outputs: list[tuple[str, int]] = field(default_factory=list)
     template: list[Any] = field(default_factory=list)  # env before a run: constants in place
+    places_inputs: bool = False  # feeds stay on the host: the plan's own steps copy them
 
     @property
     def fallbacks(self) -> list[Step]:
@@ -97,6 +98,8 @@ def compile_plan(
     for v in graph.outputs:
         plan.outputs.append((v.name, slot_of(v)))
     _mark_frees(plan)
+    if hasattr(backend, "place"):  # a device backend adds its host<->device copy steps
+        backend.place(plan)
     return plan
 
 
