@@ -39,7 +39,10 @@ format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check --fix workbench tests benchmarks scripts
 
 test: $(VENV)/.installed-test lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --ignore=tests/cuda $(PYTEST_ARGS)
+	# The CUDA kernels under numba's simulator: numba reads the switch at import, so the
+	# group runs in a process of its own (on a machine with a GPU it runs for real).
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cuda -q $(PYTEST_ARGS)
 
 conformance: $(VENV)/.installed-test
 	$(VENV)/bin/workbench conformance --backend reference --json reports/conformance-reference.json

@@ -75,10 +75,15 @@ def run_timed(sess: Session, feeds: Mapping[str, Any], times: list[float]) -> tu
     clock = time.perf_counter
     start = clock()
     env = sess.prepare(feeds)
+    events = getattr(sess.backend, "events", None)  # a GPU's own clock (CUDA events)
+    if events is not None:
+        events.start()
     if hasattr(sess, "execute"):  # the session's own loop: in its memory arena when it has one
         env = sess.execute(env, times=times)
     else:
         env = execute(sess.plan, env, keep=False, times=times)
+    if events is not None:
+        events.stop(times)  # the per-step stamps become the device's, from the first one
     sess.backend.synchronize()
     _outputs_to_host(sess, env)
     return start, clock()
@@ -144,6 +149,8 @@ def profile(
     if repeat < 1:
         raise WorkbenchError(f"repeat must be at least 1, got {repeat}")
     sess, source = _session(model, backend, level)
+    if getattr(sess, "remote", False):  # arm: measured in its worker, tables built here
+        return sess.profile(inputs, repeat, warmup, dims=dims, seed=seed, save=save, name=name)
     feeds = dict(inputs) if inputs is not None else sess.random_feeds(dims, seed=seed)
     plan = sess.plan
     n = len(plan.steps)
@@ -200,6 +207,8 @@ def profile(
         "peak_rss_is_since_start": not rss.reset,  # True where the OS cannot reset the mark
     }
     meta["summary"]["peak_rss_mib"] = rss.peak_bytes / 2**20
+    # What the backend knows of its device: the clock used (CUDA events), device memory.
+    meta.update(getattr(sess.backend, "profile_meta", dict)())
     memory = _memory_summary(sess)
     if memory is not None:
         meta["memory"] = memory
@@ -281,7 +290,8 @@ def kernel_table(
                 "backend": k.backend,
                 "algorithm": k.algorithm,
                 "fallback": bool(k.fallback),
-                "transfer": k_device != device,  # a kernel on another device moves its tensors
+                # a kernel on another device moves its tensors; copy steps are the moves
+                "transfer": k_device != device or node.domain == "workbench.copy",
                 "origin": ", ".join(origin),
                 "n_origin": len(origin),
                 "in_shapes": _shapes(ins),
@@ -314,6 +324,11 @@ def kernel_table(
     else:
         df["roofline_pct"] = np.nan
         df["bound"] = ""
+    # algorithm selection (backends/x86/autotune.py): every candidate's median ms, fastest first
+    df["candidates"] = [
+        ", ".join(f"{a}={t:.3g}" for a, t in sorted(c.items(), key=lambda kv: kv[1]))
+        for c in (getattr(st.run, "candidates", None) or {} for st in plan.steps)
+    ]
     return df
 
 
@@ -368,10 +383,41 @@ def _memory_summary(sess: Session) -> dict[str, Any] | None:
             out[key] = int(getattr(mem, key))
         out["copy_bytes"] = int(getattr(mem, "copy_bytes", 0))
         out["ratio"] = float(getattr(mem, "ratio", 1.0))
+        out["layout"] = memory_layout(mem)  # what wb.viz.memory draws from a Profile
         return out
     except Exception as e:  # a planner that changed shape must not cost the measurement
         log.debug("memory plan summary unavailable: %s", e)
         return None
+
+
+def memory_layout(mem: Any) -> dict[str, Any]:
+    """A MemoryPlan's values and arena buffers as JSON-ready columns, step by step.
+
+    `values`: name, shape, dtype, nbytes, first/last step, arena offset (None: dynamic),
+    kind, and the index of the buffer it lives in; `buffers`: offset, nbytes (unaligned),
+    first/last step. Buffer b is live on steps first..min(last, n_steps - 1), as in
+    `MemoryPlan.timeline`, so the live bytes per step and their peak (the lower bound)
+    follow from this alone, without the plan.
+    """
+    vals = mem.values
+    return {
+        "n_steps": len(mem.plan.steps),
+        "values": {
+            "name": [v.name for v in vals],
+            "shape": [None if v.shape is None else [int(d) for d in v.shape] for v in vals],
+            "dtype": [v.dtype for v in vals],
+            "nbytes": [int(v.nbytes) for v in vals],
+            "first": [int(v.first) for v in vals],
+            "last": [int(v.last) for v in vals],
+            "offset": [None if v.offset is None else int(v.offset) for v in vals],
+            "kind": [v.kind for v in vals],
+            "buffer": [None if v.buffer is None else int(v.buffer) for v in vals],
+        },
+        "buffers": {
+            key: [int(getattr(b, key)) for b in mem.buffers]
+            for key in ("offset", "nbytes", "first", "last")
+        },
+    }
 
 
 def _annotate(plan: Any, kernels: pd.DataFrame) -> None:
@@ -546,6 +592,7 @@ __all__ = [
     "Profile",
     "kernel_table",
     "measure_once",
+    "memory_layout",
     "profile",
     "record_specs",
     "run_timed",
