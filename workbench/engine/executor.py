@@ -148,12 +148,12 @@ def _execute_arena(
     views; the fresh results of the others are checked against the planned shapes and
     copied into theirs. A result of another shape (data-dependent) leaves the rest of this
     run to `_execute_general`, with fresh allocations, and is noted in `memory.stale`
-    for the session to plan again."""
+    for the session to plan again. A device backend copies with its own `copy_into`."""
     clock, sync, copyto, ndarray = (
         time.perf_counter,
         plan.backend.synchronize,
-        np.copyto,
-        np.ndarray,
+        getattr(plan.backend, "copy_into", np.copyto),
+        memory.recorded.tensor,
     )
     if times is not None:
         times.append(clock())
@@ -197,7 +197,7 @@ class Session:
     >>> sess.intermediates["/layer1/Relu_output_0"]
     >>> sess.memory                                 # the MemoryPlan of the last run
 
-    Memory (`arena=True`, on host backends): the first run with a new input signature
+    Memory (`arena=True`): the first run with a new input signature
     (feed shapes and dtypes) allocates freshly and records every value's shape; from the
     next run on, every planned intermediate lives in one arena allocated once for that
     signature (memory.py). Outputs are always fresh arrays. `keep=True` runs without the
@@ -206,6 +206,18 @@ class Session:
     """
 
     MEMORY_PLANS = 4  # signatures whose arenas a session keeps (the oldest is dropped)
+
+    def __new__(cls, model: Any = None, backend: str = "x86", *args: Any, **kwargs: Any):
+        # A backend whose kernels run in another process (arm) has a Session subclass of its
+        # own that drives it (workbench/remote/session.py); "arm:fp16" names a variant.
+        if cls is Session and isinstance(backend, str):
+            from .backends import all_backends
+
+            b = all_backends().get(backend.partition(":")[0])
+            sub = getattr(b, "session_class", None)
+            if sub is not None:
+                return super().__new__(sub)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -241,7 +253,7 @@ class Session:
         )
         self.plan = compile_plan(self.model.graph, self.backend, ctx)
         self.intermediates: dict[str, np.ndarray] = {}
-        self.arena = arena and isinstance(self.backend.allocate(0), np.ndarray)
+        self.arena = arena  # on the host, or one device allocation (backend.allocate)
         self.memory: MemoryPlan | None = None  # the plan of the latest arena-able run
         self._plans: dict[tuple, MemoryPlan] = {}
         self._busy = threading.Lock()
@@ -259,7 +271,7 @@ class Session:
         """Checked feeds placed into a fresh env on the device."""
         arrays = check_feeds(self.model.graph, feeds)
         env = self.plan.new_env()
-        to_device = self.backend.to_device
+        to_device = (lambda a: a) if self.plan.places_inputs else self.backend.to_device
         for v, slot in self.plan.inputs:
             if v.name not in arrays:
                 continue

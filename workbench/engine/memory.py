@@ -87,8 +87,17 @@ def assign_offsets(sizes: list[int], firsts: list[int], lasts: list[int]) -> tup
 
 
 # -- what one run showed ----------------------------------------------------------------------
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _address(a: Any) -> int:
+    """The first byte of a host array, or of a device array (`__cuda_array_interface__`)."""
+    face = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    return face["data"][0]
+
+
+def _shares(o: Any, a: Any) -> bool:
+    """Whether `o` lies in `a`'s memory: bounds only (cheap); only views get here."""
+    if type(o) is np.ndarray and type(a) is np.ndarray:
+        return np.may_share_memory(o, a)
+    return 0 <= _address(o) - _address(a) < a.nbytes
 
 
 def signature(plan: Plan, env: list[Any]) -> tuple:
@@ -102,26 +111,35 @@ def signature(plan: Plan, env: list[Any]) -> tuple:
 class Recorder:
     """`execute(..., observe=recorder)` of a run with fresh allocations: per slot, the
     (shape, dtype) of each tensor a kernel returned (None for anything else) and, for an
-    output sharing memory with an input, (input slot, the output's byte offset in it)."""
+    output sharing memory with an input, (input slot, the output's byte offset in it).
+
+    The arena's tensors are of the type `backend.allocate` returns (numpy on the host, a
+    device array on a GPU); tensors of another type (a GPU plan's host tensors around its
+    fallbacks) are noted in `elsewhere` and stay out of the arena."""
 
     def __init__(self, plan: Plan, env: list[Any]) -> None:
         self.signature = signature(plan, env)
+        self.tensor = tensor = type(plan.backend.allocate(0))
         feeds = [env[s] for _, s in plan.inputs]
-        self.input_bytes = sum(x.nbytes for x in feeds if isinstance(x, np.ndarray))
+        self.input_bytes = sum(x.nbytes for x in feeds if isinstance(x, (np.ndarray, tensor)))
         self.types: dict[int, tuple[tuple[int, ...], np.dtype] | None] = {}
         self.alias: dict[int, tuple[int, int]] = {}
+        self.elsewhere: set[int] = set()
 
     def __call__(self, i: int, step: Step, args: list[Any], outs: Any) -> None:
+        tensor = self.tensor
         for s, o in zip(step.outputs, outs):
             if s == SINK_SLOT:
                 continue
-            if not isinstance(o, np.ndarray):
+            if not isinstance(o, tensor):
                 self.types[s] = None
+                if isinstance(o, np.ndarray):
+                    self.types[s] = (o.shape, o.dtype)
+                    self.elsewhere.add(s)
                 continue
-            self.types[s] = (o.shape, o.dtype)
+            self.types[s] = (tuple(o.shape), np.dtype(o.dtype))
             for j, a in zip(step.inputs, args):
-                # bounds only (cheap); only kernels returning views of an input get here
-                if isinstance(a, np.ndarray) and a.size and o.size and np.may_share_memory(o, a):
+                if isinstance(a, tensor) and a.size and o.size and _shares(o, a):
                     self.alias[s] = (j, _address(o) - _address(a))
                     break
 
@@ -182,7 +200,7 @@ class MemoryPlan:
     input_bytes: int
     varying: frozenset[int] = frozenset()  # slots whose shape may change within the signature
     stale: set[int] = field(default_factory=set)  # shapes a run saw break the plan
-    arena: np.ndarray | None = None  # the arena, once `program()` has allocated it
+    arena: Any = None  # the arena (host or device array), once `program()` has allocated it
     _program: list[tuple] | None = field(default=None, repr=False)
 
     @property
@@ -253,7 +271,7 @@ class MemoryPlan:
         raw = self.plan.backend.allocate(self.arena_bytes + ALIGN)
         pad = -_address(raw) % ALIGN
         self.arena = raw[pad : pad + self.arena_bytes]
-        views: dict[int, np.ndarray] = {}
+        views: dict[int, Any] = {}
         for v in self.values:
             if v.offset is not None and v.kind != "view":  # a view comes from its kernel
                 piece = self.arena[v.offset : v.offset + v.nbytes]
@@ -332,6 +350,8 @@ def plan_memory(
             why[r] = "its shape may vary (data-dependent)"
         elif any(s in outputs for s in group):
             why[r] = "a graph output (or a view of one): the caller keeps it"
+        elif r in recorded.elsewhere:
+            why[r] = "not in the arena's memory (a host tensor of a device plan)"
     end = {r: max(last[s] for s in group) for r, group in members.items()}
 
     # 2. in place: output 0 takes over input j's buffer if that buffer dies at this step
@@ -359,8 +379,11 @@ def plan_memory(
     firsts, lasts = [born[r] for r in roots], [end[r] for r in roots]
     offsets, arena = assign_offsets([_aligned(s) for s in sizes], firsts, lasts)
     index = {r: k for k, r in enumerate(roots)}
+    def name(s: int) -> str:  # a device plan's copies name no model value: their step's
+        return plan.values[s].name if plan.values[s] is not None else steps[born[s]].node.name
+
     buffers = [
-        Buffer(o, sz, f, l, [plan.values[s].name for s in members[r]])
+        Buffer(o, sz, f, l, [name(s) for s in members[r]])
         for r, o, sz, f, l in zip(roots, offsets, sizes, firsts, lasts)
     ]
     values = []
@@ -373,7 +396,7 @@ def plan_memory(
         seen = reuses.get(s, alias.get(s, (s, 0))[0])
         values.append(
             ValueMemory(
-                name=plan.values[s].name,
+                name=name(s),
                 slot=s,
                 shape=None if t is None else t[0],
                 dtype="" if t is None else t[1].str,
@@ -382,13 +405,13 @@ def plan_memory(
                 last=last[s],
                 offset=off,
                 kind=kind,
-                aliased_to=plan.values[seen].name if seen != s else None,
+                aliased_to=name(seen) if seen != s else None,
                 why=why.get(r, ""),
                 copied=kind in ("arena", "inplace") and not steps[born[s]].writes_out,
                 buffer=k,
             )
         )
-    weights = sum(a.nbytes for a in plan.template if isinstance(a, np.ndarray))
+    weights = sum(a.nbytes for a in plan.template if isinstance(a, recorded.tensor))
     return MemoryPlan(
         plan, recorded, values, buffers, arena, lower_bound(sizes, firsts, lasts), weights,
         recorded.input_bytes, varying,

@@ -489,9 +489,13 @@ def _compare_backend(
     """Rows of one tested backend (its run kept whole, then every step re-run locally),
     and the seconds its run took."""
     t0 = time.perf_counter()
-    env = execute(sess.plan, sess.prepare(feeds), keep=True)
-    sess.backend.synchronize()
-    t_run = time.perf_counter() - t0
+    reruns = None
+    if getattr(sess, "remote", False):  # arm: its worker runs it and re-runs every step
+        env, reruns, t_run = sess.compare_steps(feeds, refs)
+    else:
+        env = execute(sess.plan, sess.prepare(feeds), keep=True)
+        sess.backend.synchronize()
+        t_run = time.perf_counter() - t0
     steps = sess.plan.steps
     named = [
         [(k, s) for k, s in enumerate(step.outputs) if s != SINK_SLOT and sess.plan.values[s]]
@@ -513,7 +517,10 @@ def _compare_backend(
         bar.update()
     for topo, step in enumerate(steps):
         if named[topo]:
-            local_outs, note = _rerun(sess, step, env, refs)
+            if reruns is not None:
+                local_outs, note = reruns[topo]
+            else:
+                local_outs, note = _rerun(sess, step, env, refs)
             for (k, slot), row in zip(named[topo], per_step[topo], strict=True):
                 v = sess.plan.values[slot]
                 _put(row, "local", local_outs[k], refs.get(v.name), tol, ladder, note)

@@ -20,6 +20,37 @@ BACKEND_COLORS: dict[str, str] = {
 
 _OP_PALETTE = pc.qualitative.Dark24 + pc.qualitative.Light24
 
+# Fixed colours for the ops that dominate real models, all distinct (a hash into the
+# palette collides: LayerNormalization and Unsqueeze once got the same cyan). Fused ops
+# take their unfused cousin's hue family so a fused graph still reads at a glance.
+_FIXED_OPS: dict[str, str] = {
+    "Conv": "#1f77b4",
+    "FusedConv": "#0b4f8a",
+    "MatMul": "#ff7f0e",
+    "Gemm": "#ffbb78",
+    "FusedMatMul": "#c45a00",
+    "FusedGemm": "#e6a04a",
+    "Attention": "#9467bd",
+    "Softmax": "#c5b0d5",
+    "Add": "#2ca02c",
+    "Mul": "#98df8a",
+    "Relu": "#d62728",
+    "Clip": "#ff9896",
+    "Gelu": "#e377c2",
+    "Erf": "#f7b6d2",
+    "LayerNormalization": "#17becf",
+    "LayerNorm": "#0e8c99",
+    "BatchNormalization": "#9edae5",
+    "Reshape": "#8c564b",
+    "Transpose": "#c49c94",
+    "Unsqueeze": "#bcbd22",
+    "Gather": "#dbdb8d",
+    "Concat": "#7f7f7f",
+    "MaxPool": "#393b79",
+    "GlobalAveragePool": "#637939",
+    "FusedElementwise": "#843c39",
+}
+
 
 def backend_color(backend: str) -> str:
     """The backend's colour (a stable pick from the palette for a backend we do not know)."""
@@ -28,7 +59,7 @@ def backend_color(backend: str) -> str:
 
 def op_color(op: str) -> str:
     """A stable colour per op type: the same op is the same colour in every figure and run."""
-    return _pick(op)
+    return _FIXED_OPS.get(op) or _pick(op)
 
 
 def _pick(key: str) -> str:

@@ -105,7 +105,14 @@ class CudaBackend(Backend):
         return _launch.download(tensor) if _launch.is_device(tensor) else np.asarray(tensor)
 
     def allocate(self, nbytes: int) -> Any:
+        """One device allocation: the memory planner's arena, whose views the kernels write
+        into (`out=`)."""
         return _launch.cuda().device_array(nbytes, dtype=np.uint8)
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        """The executor's copy of a result into its arena view (a kernel that ignores `out`):
+        device to device, or host to device."""
+        dst.copy_to_device(src if _launch.is_device(src) else np.ascontiguousarray(src))
 
     def synchronize(self) -> None:
         if self._timer is not None:

@@ -171,10 +171,12 @@ def run_program(
     return result
 
 
-def copy_strided(x: Any, shape: Sequence[int], in_strides: Sequence[int], base: int = 0) -> Any:
-    """A fresh contiguous array of `shape` read from `x` at base + coordinates . strides
-    (Transpose, Slice, Expand)."""
+def copy_strided(
+    x: Any, shape: Sequence[int], in_strides: Sequence[int], base: int = 0, out: Any = None
+) -> Any:
+    """A contiguous array of `shape` (`out`, or a fresh one) read from `x` at base +
+    coordinates . strides (Transpose, Slice, Expand, Tile...)."""
     ident = [("Identity", (("x", 0),), {})]
     return run_program(
-        ident, [x], shape, x.dtype, in_strides=[in_strides], in_bases=[base], exact=True
+        ident, [x], shape, x.dtype, out=out, in_strides=[in_strides], in_bases=[base], exact=True
     )

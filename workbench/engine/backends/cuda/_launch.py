@@ -48,6 +48,21 @@ def empty(shape: Sequence[int], dtype: Any) -> Any:
     return cuda().device_array(tuple(int(d) for d in shape), dtype=np.dtype(dtype))
 
 
+def result(out: Sequence[Any] | None, shape: Sequence[int], dtype: Any, i: int = 0) -> Any:
+    """Output `i` of a destination-passing kernel: the view of the memory planner's device
+    arena the executor passes in `out` (exactly this shape and dtype), else a fresh array."""
+    if out is not None and out[i] is not None:
+        return out[i]
+    return empty(shape, dtype)
+
+
+def writes_out(run: Any, inplace: Sequence[int] = ()) -> Any:
+    """Mark `run` as accepting `out=` (see backends/base.py); `inplace`: the inputs whose
+    memory output 0 may be (each thread reads its elements before writing the same ones)."""
+    run.writes_out, run.inplace = True, tuple(inplace)
+    return run
+
+
 def flat(x: Any) -> Any:
     """A 1-D view of a C-contiguous device array (kernels index flat, with strides)."""
     return x.reshape(x.size) if x.ndim != 1 else x

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...ir import Node
-from ..base import Kernel
+from ..base import Kernel, dest
 from ._launch import download, is_device, upload
 from ._table import float_dtype
 
@@ -31,14 +31,19 @@ DOMAIN = "workbench.copy"
 
 
 def _to_device(dtype: np.dtype):
-    def run(x: Any) -> tuple:
+    def run(x: Any, out: Any = None) -> tuple:
         if x is None or is_device(x):
             return (x,)
         x = np.asarray(x)
         if x.dtype.kind == "f" and x.dtype != dtype:  # feeds in the plan's precision
             x = x.astype(dtype)
-        return (upload(x),)
+        into = dest(out)
+        if into is None:
+            return (upload(x),)
+        into.copy_to_device(np.ascontiguousarray(x))  # into the device arena
+        return (into,)
 
+    run.writes_out = True
     return run
 
 
@@ -53,7 +58,7 @@ def _step(plan: Any, op: str, run: Any, src: int, name: str, Step: Any) -> tuple
     node = Node(op, [], [], name=f"{op}({name})", domain=DOMAIN)
     node.meta["origin"] = ()
     kernel = Kernel(run, "cuda", op, "h2d" if op == H2D else "d2h", source=f"{__name__}.{op}")
-    return Step(node, kernel, run, (src,), (dst,)), dst
+    return Step(node, kernel, run, (src,), (dst,), (), getattr(run, "writes_out", False)), dst
 
 
 def place(plan: Any) -> None:
@@ -113,4 +118,6 @@ def place(plan: Any) -> None:
 
 
 def _replace(step: Any, Step: Any, ins: tuple, run: Any) -> Any:
-    return Step(step.node, step.kernel, run, ins, step.outputs, (), False, ())
+    """`step` reading `ins`, run by `run` (its destination passing as `run` declares it)."""
+    writes, inplace = getattr(run, "writes_out", False), tuple(getattr(run, "inplace", ()))
+    return Step(step.node, step.kernel, run, ins, step.outputs, (), writes, inplace)

@@ -12,7 +12,7 @@ import numpy as np
 from ..common import conv_out_size, conv_pads
 from ._elementwise import run_program
 from ._gemm import activation_expr, gemm
-from ._launch import broadcast_strides, empty, flat, grid, jit_source
+from ._launch import broadcast_strides, empty, flat, grid, jit_source, result, writes_out
 from ._table import kernels
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def conv(node: Node, ctx: CompileContext) -> KernelFn | None:
     act = activation_expr(name, params)
     tf32 = ctx.precision == "tf32"
 
-    def run(x: Any, w: Any, b: Any = None, z: Any = None) -> tuple:
+    def run(x: Any, w: Any, b: Any = None, z: Any = None, out: Any = None) -> tuple:
         if len(x.shape) not in (3, 4):
             raise ValueError(f"cuda Conv supports 1-D and 2-D convolutions, got {x.shape}")
         (H, W), (KH, KW), (sh, sw), (dh, dw), (ph, pw, pe_h, pe_w) = _geometry(
@@ -102,7 +102,8 @@ def conv(node: Node, ctx: CompileContext) -> KernelFn | None:
         OW = conv_out_size(W, KW, sw, dw, pw, pe_w)
         P = OH * OW
         out_shape = (N, M, OH, OW) if len(x.shape) == 4 else (N, M, OW)
-        out = empty((N, M, P), x.dtype)
+        res = result(out, out_shape, x.dtype)
+        out = res.reshape((N, M, P))  # a view: the GEMM's [N, M, OH*OW]
         geo = (H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw)
         if group == C and group > 1 and w.shape[1] == 1 and M % C == 0:
             total = N * M * P
@@ -110,7 +111,7 @@ def conv(node: Node, ctx: CompileContext) -> KernelFn | None:
             blocks, threads = grid(total)
             k[blocks, threads](flat(x), flat(w), flat(out), total, C, *geo, M // C)
             _epilogue(out, b, z, name, params, N, M, P)
-            return (out.reshape(out_shape),)
+            return (res,)
         cg, mg = C // group, M // group
         kk = cg * KH * KW
         col = empty((N, C * KH * KW, P), x.dtype)
@@ -132,10 +133,10 @@ def conv(node: Node, ctx: CompileContext) -> KernelFn | None:
             b=((C * KH * KW * P, kk * P), P, 1), c=((M * P, mg * P), P, 1),
             e0=e0, e1=e1, activation=act, tf32=tf32,
         )  # fmt: skip
-        return (out.reshape(out_shape),)
+        return (res,)
 
     run.algorithm = "im2col-tiled-gemm" + ("-tf32" if tf32 else "")
-    return run
+    return writes_out(run)
 
 
 def _epilogue(out: Any, b: Any, z: Any, act: str, params: list, N: int, M: int, P: int) -> None:

@@ -15,8 +15,10 @@ import numpy as np
 from onnx import helper
 
 from ...ir import Node
+from ..base import dest
 from ..reference.ops_fused_elementwise import parse_program
 from ._elementwise import COMPARE, EXACT_OPS, FLOAT_OPS, run_program
+from ._launch import writes_out
 from ._table import float_dtype, kernels
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ def elementwise(op: str, attrs: dict[str, float] | None = None) -> KernelFn:
     arity = (FLOAT_OPS.get(op) or EXACT_OPS[op])[0]
     instr = [(op, tuple(("x", k) for k in range(arity)), dict(attrs or {}))]
 
-    def run(*xs: Any) -> tuple:
+    def run(*xs: Any, out: Any = None) -> tuple:
         shape = np.broadcast_shapes(*(tuple(x.shape) for x in xs))
         floats = all(np.dtype(x.dtype).kind == "f" for x in xs)
         exact = op in COMPARE or (not floats and op != "Where") or op == "Where"
@@ -74,9 +76,9 @@ def elementwise(op: str, attrs: dict[str, float] | None = None) -> KernelFn:
             dtype = _result_dtype(list(xs[1:]))
         else:
             dtype = _result_dtype(list(xs))
-        return (run_program(instr, xs, shape, dtype, exact=exact),)
+        return (run_program(instr, xs, shape, dtype, exact=exact, out=dest(out)),)
 
-    return run
+    return writes_out(run, range(arity))
 
 
 for _op, _defaults in UNARY_DEFAULTS.items():
@@ -107,17 +109,18 @@ def variadic(node: Node, ctx: CompileContext) -> KernelFn | None:
     if node.op_type == "Mean":
         program.append(("Div", (("t", n - 1), ("c", float(n))), {}))
 
-    def run(*xs: Any) -> tuple:
+    def run(*xs: Any, out: Any = None) -> tuple:
         shape = np.broadcast_shapes(*(tuple(x.shape) for x in xs))
         exact = not all(np.dtype(x.dtype).kind == "f" for x in xs)
-        return (run_program(program, xs, shape, _result_dtype(list(xs)), exact=exact),)
+        dtype = _result_dtype(list(xs))
+        return (run_program(program, xs, shape, dtype, exact=exact, out=dest(out)),)
 
-    return run
+    return writes_out(run, range(n))
 
 
 @kernels.register("Clip", since=11)
 def clip(node: Node, ctx: CompileContext) -> KernelFn | None:
-    def run(x: Any, lo: Any = None, hi: Any = None) -> tuple:
+    def run(x: Any, lo: Any = None, hi: Any = None, out: Any = None) -> tuple:
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"Clip on {x.dtype} has no cuda kernel")
         xs, args = [x], [("x", 0)]
@@ -128,16 +131,20 @@ def clip(node: Node, ctx: CompileContext) -> KernelFn | None:
                 args.append(("x", len(xs)))
                 xs.append(bound)
         program = [("Clip", tuple(args), {})]
-        return (run_program(program, xs, x.shape, x.dtype),)
+        return (run_program(program, xs, x.shape, x.dtype, out=dest(out)),)
 
-    return run
+    return writes_out(run, (0,))
 
 
 @kernels.register("Clip", since=6, until=10)
 def clip_attrs(node: Node, ctx: CompileContext) -> KernelFn | None:
     lo, hi = float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
     program = [("Clip", (("x", 0), ("c", lo), ("c", hi)), {})]
-    return lambda x: (run_program(program, [x], x.shape, x.dtype),)
+
+    def run(x: Any, out: Any = None) -> tuple:
+        return (run_program(program, [x], x.shape, x.dtype, out=dest(out)),)
+
+    return writes_out(run, (0,))
 
 
 @kernels.register(["Identity", "Dropout"], since=1)
@@ -169,15 +176,15 @@ def cast(node: Node, ctx: CompileContext) -> KernelFn | None:
         if dtype.kind not in "fiub":
             return None
 
-        def run(x: Any) -> tuple:
-            return (run_program(program, [x], x.shape, dtype, exact=True),)
+        def run(x: Any, out: Any = None) -> tuple:
+            return (run_program(program, [x], x.shape, dtype, exact=True, out=dest(out)),)
 
-        return run
+        return writes_out(run)
 
-    def run_like(x: Any, like: Any) -> tuple:
-        return (run_program(program, [x], x.shape, like.dtype, exact=True),)
+    def run_like(x: Any, like: Any, out: Any = None) -> tuple:
+        return (run_program(program, [x], x.shape, like.dtype, exact=True, out=dest(out)),)
 
-    return run_like
+    return writes_out(run_like)
 
 
 @kernels.register("Gelu", since=20)
@@ -194,8 +201,8 @@ def fused_elementwise(node: Node, ctx: CompileContext) -> KernelFn | None:
     program = [(ins.op, ins.args, ins.attrs) for ins in instrs]
     dtype = float_dtype(ctx.precision)
 
-    def run(*xs: Any) -> tuple:
+    def run(*xs: Any, out: Any = None) -> tuple:
         shape = np.broadcast_shapes(*(tuple(x.shape) for x in xs))
-        return (run_program(program, xs, shape, dtype),)
+        return (run_program(program, xs, shape, dtype, out=dest(out)),)
 
-    return run
+    return writes_out(run, range(len(node.inputs)))

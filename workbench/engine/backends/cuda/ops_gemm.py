@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._gemm import activation_expr, gemm
-from ._launch import broadcast_strides, empty, flat, grid, jit_source, strides
+from ._launch import broadcast_strides, empty, flat, grid, jit_source, result, strides, writes_out
 from ._table import kernels
+from ..base import dest
 
 if TYPE_CHECKING:
     from ...ir import Node
@@ -22,9 +23,11 @@ def _act(node: Node) -> tuple[str, dict[str, float]]:
     return activation_expr(act, node.attrs.get("activation_params", []) or [])
 
 
-def matmul(A: Any, B: Any, bias: Any, act: tuple, tf32: bool, dtype: Any) -> Any:
+def matmul(
+    A: Any, B: Any, bias: Any, act: tuple, tf32: bool, dtype: Any, into: Any = None
+) -> Any:
     """numpy matmul semantics (1-D operands promoted, batch dims broadcast), bias along
-    the last dim."""
+    the last dim; written into `into` when given (the output's shape)."""
     a_shape, b_shape = tuple(A.shape), tuple(B.shape)
     a2 = a_shape if len(a_shape) > 1 else (1, *a_shape)
     b2 = b_shape if len(b_shape) > 1 else (*b_shape, 1)
@@ -33,7 +36,11 @@ def matmul(A: Any, B: Any, bias: Any, act: tuple, tf32: bool, dtype: Any) -> Any
     if K != K2:
         raise ValueError(f"MatMul: inner dims differ: {list(a_shape)} x {list(b_shape)}")
     batch = tuple(np.broadcast_shapes(a2[:-2], b2[:-2]))
-    out = empty((*batch, M, N), dtype)
+    shape = (*batch, *a_shape[-2:-1], *b_shape[-1:]) if len(b_shape) > 1 else (*batch, M)
+    if len(a_shape) == 1 and len(b_shape) > 1:
+        shape = (*batch, N)
+    res = into if into is not None else empty(shape, dtype)
+    out = res.reshape((*batch, M, N))  # a view: the same memory, the GEMM's own shape
     sa = broadcast_strides(a2, (*batch, M, K))
     sb = broadcast_strides(b2, (*batch, K, N))
     nb = len(batch)
@@ -46,10 +53,7 @@ def matmul(A: Any, B: Any, bias: Any, act: tuple, tf32: bool, dtype: Any) -> Any
         b=(sb[:nb], sb[nb], sb[nb + 1]), c=(strides(out.shape)[:nb], N, 1),
         e0=e0, activation=act, tf32=tf32,
     )  # fmt: skip
-    shape = (*batch, *a_shape[-2:-1], *b_shape[-1:]) if len(b_shape) > 1 else (*batch, M)
-    if len(a_shape) == 1 and len(b_shape) > 1:
-        shape = (*batch, N)
-    return out.reshape(shape) if shape != tuple(out.shape) else out
+    return res
 
 
 @kernels.register("MatMul", since=1)
@@ -58,11 +62,11 @@ def matmul_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     act = _act(node) if node.op_type == "FusedMatMul" else ("{0}", {})
     tf32 = ctx.precision == "tf32"
 
-    def run(A: Any, B: Any, bias: Any = None) -> tuple:
-        return (matmul(A, B, bias, act, tf32, A.dtype),)
+    def run(A: Any, B: Any, bias: Any = None, out: Any = None) -> tuple:
+        return (matmul(A, B, bias, act, tf32, A.dtype, dest(out)),)
 
     run.algorithm = "tiled-smem-gemm" + ("-tf32" if tf32 else "")
-    return run
+    return writes_out(run)
 
 
 @kernels.register("Gemm", since=7)
@@ -74,10 +78,10 @@ def gemm_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     act = _act(node) if node.op_type == "FusedGemm" else ("{0}", {})
     tf32 = ctx.precision == "tf32"
 
-    def run(A: Any, B: Any, C: Any = None) -> tuple:
+    def run(A: Any, B: Any, C: Any = None, out: Any = None) -> tuple:
         M, K = (A.shape[1], A.shape[0]) if ta else A.shape
         N = B.shape[0] if tb else B.shape[1]
-        out = empty((M, N), A.dtype)
+        out = result(out, (M, N), A.dtype)
         a = ((), 1, M) if ta else ((), K, 1)
         b = ((), 1, K) if tb else ((), N, 1)
         e0 = None
@@ -89,7 +93,7 @@ def gemm_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
         return (out,)
 
     run.algorithm = "tiled-smem-gemm" + ("-tf32" if tf32 else "")
-    return run
+    return writes_out(run)
 
 
 def _softmax_source(log: bool) -> str:
@@ -112,7 +116,7 @@ def kernel(x, out, rows, length, inner):
 """
 
 
-def softmax(x: Any, axis: int, log: bool = False, coerce: bool = False) -> Any:
+def softmax(x: Any, axis: int, log: bool = False, coerce: bool = False, out: Any = None) -> Any:
     """Softmax over `axis` (opset >= 13), or over all dims from `axis` on (`coerce`, < 13);
     one thread per row, three passes in fp32 (max, sum of exp, write)."""
     shape = tuple(x.shape)
@@ -120,7 +124,7 @@ def softmax(x: Any, axis: int, log: bool = False, coerce: bool = False) -> Any:
     length = int(np.prod(shape[axis:])) if coerce else shape[axis]
     inner = 1 if coerce else int(np.prod(shape[axis + 1 :]))
     rows = int(np.prod(shape)) // max(length, 1)
-    out = empty(shape, x.dtype)
+    out = empty(shape, x.dtype) if out is None else out
     if rows and length:
         kernel = jit_source(_softmax_source(log))
         blocks, threads = grid(rows)
@@ -133,7 +137,11 @@ def softmax_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     coerce = ctx.opset < 13
     axis = int(node.attrs.get("axis", 1 if coerce else -1))
     log = node.op_type == "LogSoftmax"
-    return lambda x: (softmax(x, axis, log, coerce),)
+
+    def run(x: Any, out: Any = None) -> tuple:
+        return (softmax(x, axis, log, coerce, dest(out)),)
+
+    return writes_out(run, (0,))  # one thread per row reads each element before writing it
 
 
 @kernels.register("Attention", domain="workbench", since=1)
@@ -143,7 +151,7 @@ def attention_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     causal = bool(int(node.attrs.get("causal", 0)))
     tf32 = ctx.precision == "tf32"
 
-    def run(Q: Any, K: Any, V: Any, mask: Any = None) -> tuple:
+    def run(Q: Any, K: Any, V: Any, mask: Any = None, out: Any = None) -> tuple:
         b, sq, hd = Q.shape
         sk, hdv = K.shape[1], V.shape[2]
         d, dv = hd // heads, hdv // heads
@@ -159,8 +167,8 @@ def attention_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
             b=((sk * hd, d), 1, hd), c=((heads * sq * sk, sq * sk), sk, 1), alpha=s,
             e0=e0, tf32=tf32, causal=causal,
         )  # fmt: skip
-        probs = softmax(scores, -1)
-        out = empty((b, sq, hdv), Q.dtype)
+        probs = softmax(scores, -1, out=scores)  # in place: one thread reads its row first
+        out = result(out, (b, sq, hdv), Q.dtype)
         gemm(
             probs, V, out, sq, dv, sk, batch=(b, heads), a=((heads * sq * sk, sq * sk), sk, 1),
             b=((sk * hdv, dv), hdv, 1), c=((sq * hdv, dv), hdv, 1), tf32=tf32,
@@ -168,4 +176,4 @@ def attention_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
         return (out,)
 
     run.algorithm = "gemm-softmax-gemm"
-    return run
+    return writes_out(run)

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..common import conv_out_size, conv_pads
 from ._elementwise import run_program
-from ._launch import empty, flat, grid, jit_source, strides
+from ..base import dest
+from ._launch import empty, flat, grid, jit_source, result, strides, writes_out
 from ._table import const_of, kernels
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def batchnorm(node: Node, ctx: CompileContext) -> KernelFn | None:
     program = [("Mul", (("x", 0), ("x", 1)), {}), ("Add", (("t", 0), ("x", 2)), {})]
     dev: dict[int, tuple] = {}
 
-    def run(x: Any, *_: Any) -> tuple:
+    def run(x: Any, *_: Any, out: Any = None) -> tuple:
         rank = len(x.shape)
         if rank not in dev:  # per-channel vectors shaped [C, 1, ...] to broadcast over x
             from ._launch import upload
@@ -40,9 +41,9 @@ def batchnorm(node: Node, ctx: CompileContext) -> KernelFn | None:
             shp = (len(scale),) + (1,) * (rank - 2)
             dev[rank] = (upload(scale.reshape(shp)), upload(shift.reshape(shp)))
         s, t = dev[rank]
-        return (run_program(program, [x, s, t], x.shape, x.dtype),)
+        return (run_program(program, [x, s, t], x.shape, x.dtype, out=dest(out)),)
 
-    return run
+    return writes_out(run, (0,))
 
 
 LAYERNORM = """
@@ -76,11 +77,11 @@ def layernorm(node: Node, ctx: CompileContext) -> KernelFn | None:
     axis = int(node.attrs.get("axis", -1))
     eps = np.float32(node.attrs.get("epsilon", 1e-5))
 
-    def run(x: Any, g: Any, b: Any = None) -> tuple:
+    def run(x: Any, g: Any, b: Any = None, out: Any = None) -> tuple:
         a = axis % len(x.shape)
         n = int(np.prod(x.shape[a:]))
         rows = x.size // max(n, 1)
-        out = empty(x.shape, x.dtype)
+        out = result(out, x.shape, x.dtype)
         if rows:
             k = jit_source(LAYERNORM)
             blocks, threads = grid(rows)
@@ -90,7 +91,7 @@ def layernorm(node: Node, ctx: CompileContext) -> KernelFn | None:
             )  # fmt: skip
         return (out,)
 
-    return run
+    return writes_out(run, (0,))  # one thread per row, its elements read before written
 
 
 def _reduce_source(op: str, nkeep: int, nred: int) -> str:
@@ -124,7 +125,7 @@ def _reduce_source(op: str, nkeep: int, nred: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reduce(x: Any, axes: list[int] | None, keepdims: bool, op: str) -> Any:
+def reduce(x: Any, axes: list[int] | None, keepdims: bool, op: str, out: Any = None) -> Any:
     rank = len(x.shape)
     red = sorted({a % rank for a in axes}) if axes else list(range(rank))
     keep = [d for d in range(rank) if d not in red]
@@ -134,7 +135,7 @@ def reduce(x: Any, axes: list[int] | None, keepdims: bool, op: str) -> Any:
         if keepdims
         else [x.shape[d] for d in keep]
     )
-    out = empty(out_shape, x.dtype)
+    out = empty(out_shape, x.dtype) if out is None else out
     total = out.size
     count = int(np.prod([x.shape[d] for d in red]))
     if total:
@@ -161,13 +162,21 @@ def reduce_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
             return lambda x, *_: (x,)
         axes = None
     ax = None if axes is None else [int(a) for a in axes]
-    return lambda x, *_: (reduce(x, ax, keepdims, op),)
+
+    def run(x: Any, *_: Any, out: Any = None) -> tuple:
+        return (reduce(x, ax, keepdims, op, dest(out)),)
+
+    return writes_out(run)
 
 
 @kernels.register(["GlobalAveragePool", "GlobalMaxPool"], since=1)
 def global_pool(node: Node, ctx: CompileContext) -> KernelFn | None:
     op = "mean" if node.op_type == "GlobalAveragePool" else "max"
-    return lambda x: (reduce(x, list(range(2, len(x.shape))), True, op),)
+
+    def run(x: Any, out: Any = None) -> tuple:
+        return (reduce(x, list(range(2, len(x.shape))), True, op, dest(out)),)
+
+    return writes_out(run)
 
 
 POOL = """
@@ -212,7 +221,7 @@ def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
     ap = node.attrs.get("auto_pad", "NOTSET")
     ap = ap.decode() if isinstance(ap, bytes) else ap
 
-    def run(x: Any) -> tuple:
+    def run(x: Any, out: Any = None) -> tuple:
         pads = conv_pads(x.shape[2:], kernel, st, dl, node.attrs.get("pads"), ap)
         if nd == 1:
             geo = (1, x.shape[2], 1, kernel[0], 1, st[0], 1, dl[0], 0, pads[0], 0, pads[1])
@@ -222,7 +231,7 @@ def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
         OH = conv_out_size(H, KH, sh, dh, ph, peh)
         OW = conv_out_size(W, KW, sw, dw, pw, pew)
         out_shape = (*x.shape[:2], OH, OW) if nd == 2 else (*x.shape[:2], OW)
-        out = empty(out_shape, x.dtype)
+        out = result(out, out_shape, x.dtype)
         total = out.size
         if total:
             k = jit_source(POOL)
@@ -233,4 +242,4 @@ def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
             )  # fmt: skip
         return (out,)
 
-    return run
+    return writes_out(run)

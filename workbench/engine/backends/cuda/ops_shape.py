@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._elementwise import copy_strided, run_program
-from ._launch import broadcast_strides, empty, flat, grid, jit_source, strides
+from ._launch import broadcast_strides, flat, grid, jit_source, result, strides, writes_out
 from ._table import const_of, kernels
+from ..base import dest
 
 if TYPE_CHECKING:
     from ...ir import Node
@@ -78,12 +79,12 @@ def squeeze(node: Node, ctx: CompileContext) -> KernelFn | None:
 def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
     perm = node.attrs.get("perm")
 
-    def run(x: Any) -> tuple:
+    def run(x: Any, out: Any = None) -> tuple:
         p = list(perm) if perm is not None else list(reversed(range(len(x.shape))))
         src = strides(x.shape)
-        return (copy_strided(x, [x.shape[i] for i in p], [src[i] for i in p]),)
+        return (copy_strided(x, [x.shape[i] for i in p], [src[i] for i in p], 0, dest(out)),)
 
-    return run
+    return writes_out(run)
 
 
 @kernels.register("Slice", since=10)
@@ -93,7 +94,7 @@ def slice_(node: Node, ctx: CompileContext) -> KernelFn | None:
         return None
     starts, ends, axes, steps = consts
 
-    def run(x: Any, *_: Any) -> tuple:
+    def run(x: Any, *_: Any, out: Any = None) -> tuple:
         rank = len(x.shape)
         ax = [int(a) % rank for a in (axes if axes is not None else range(len(starts)))]
         st = steps if steps is not None else [1] * len(ax)
@@ -104,9 +105,9 @@ def slice_(node: Node, ctx: CompileContext) -> KernelFn | None:
             n = len(range(begin, end, step))
             shape[a], base = n, base + begin * src[a]
             step_strides[a] = src[a] * step
-        return (copy_strided(x, shape, step_strides, base),)
+        return (copy_strided(x, shape, step_strides, base, dest(out)),)
 
-    return run
+    return writes_out(run)
 
 
 @kernels.register("Expand", since=8)
@@ -115,11 +116,11 @@ def expand(node: Node, ctx: CompileContext) -> KernelFn | None:
     if target is None:
         return None
 
-    def run(x: Any, _shape: Any = None) -> tuple:
+    def run(x: Any, _shape: Any = None, out: Any = None) -> tuple:
         shape = np.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in target))
-        return (copy_strided(x, shape, broadcast_strides(x.shape, shape)),)
+        return (copy_strided(x, shape, broadcast_strides(x.shape, shape), 0, dest(out)),)
 
-    return run
+    return writes_out(run)
 
 
 @kernels.register("Concat", since=4)
@@ -127,11 +128,11 @@ def concat(node: Node, ctx: CompileContext) -> KernelFn | None:
     axis = int(node.attrs["axis"])
     ident = [("Identity", (("x", 0),), {})]
 
-    def run(*xs: Any) -> tuple:
+    def run(*xs: Any, out: Any = None) -> tuple:
         a = axis % len(xs[0].shape)
         shape = list(xs[0].shape)
         shape[a] = sum(int(x.shape[a]) for x in xs)
-        out = empty(shape, np.result_type(*[np.dtype(x.dtype) for x in xs]))
+        out = result(out, shape, np.result_type(*[np.dtype(x.dtype) for x in xs]))
         dst, offset = strides(shape), 0
         for x in xs:
             run_program(ident, [x], x.shape, out.dtype, out=out, out_base=offset * dst[a],
@@ -139,7 +140,7 @@ def concat(node: Node, ctx: CompileContext) -> KernelFn | None:
             offset += int(x.shape[a])
         return (out,)
 
-    return run
+    return writes_out(run)
 
 
 GATHER = """
@@ -161,10 +162,10 @@ def kernel(data, idx, out, total, nidx, inner, axis_len):
 def gather(node: Node, ctx: CompileContext) -> KernelFn | None:
     axis = int(node.attrs.get("axis", 0))
 
-    def run(data: Any, idx: Any) -> tuple:
+    def run(data: Any, idx: Any, out: Any = None) -> tuple:
         a = axis % len(data.shape)
         shape = (*data.shape[:a], *idx.shape, *data.shape[a + 1 :])
-        out = empty(shape, data.dtype)
+        out = result(out, shape, data.dtype)
         inner = int(np.prod(data.shape[a + 1 :]))
         total = out.size
         if total:
@@ -176,4 +177,4 @@ def gather(node: Node, ctx: CompileContext) -> KernelFn | None:
             )
         return (out,)
 
-    return run
+    return writes_out(run)

@@ -2,6 +2,9 @@
 
 Every `ops_*.py` module in this folder registers its kernels into `_table.kernels`;
 ops without an x86 kernel run on the reference backend and are marked as fallbacks.
+Conv, Gemm and MatMul (and their fused forms) choose among several algorithms by measuring
+them on the node's shapes: see autotune.py. Importing the backend applies the thread
+setting of `workbench._threads` (one count for BLAS, numba and OpenMP).
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ import importlib
 import pkgutil
 import platform
 
-from ..base import Availability, Backend
+from ...._threads import current as _current_threads
+from ..base import Availability, Backend, CompileContext, Kernel
 from ._table import kernels
+
+_current_threads()  # BLAS, numba and OpenMP on one thread count before any kernel runs
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name.startswith("ops_"):
@@ -28,6 +34,16 @@ class X86Backend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self.kernels = kernels
+
+    def compile(self, node, ctx: CompileContext) -> Kernel | None:
+        kernel = super().compile(node, ctx)
+        listeners = getattr(kernel.run, "listeners", None) if kernel is not None else None
+        if listeners is not None:
+            # an algorithm selected on the first call (shape unknown at compile time) still
+            # shows in the plan: Session.kernels(), the profiler's kernel table
+            run = kernel.run
+            listeners.append(lambda choice: setattr(kernel, "algorithm", run.algorithm))
+        return kernel
 
     def availability(self) -> Availability:
         machine = platform.machine().lower()

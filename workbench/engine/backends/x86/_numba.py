@@ -105,12 +105,13 @@ _local = threading.local()
 _SCRATCH_KEEP = 16 << 20  # elements (64 MiB): larger work arrays are not kept
 
 
-def scratch(shape: Sequence[int], what: str) -> np.ndarray:
+def scratch(shape: Sequence[int], what: str, slot: int = 0) -> np.ndarray:
     """A float32 work array of `shape`, reused by every kernel running on this thread.
 
     Kernels run one at a time per thread and never return it, so one buffer (as large as
     the largest request so far) serves all of them; a fresh np.empty of a few MB per call
-    costs page faults that show in small convolutions.
+    costs page faults that show in small convolutions. A kernel needing two work arrays
+    at once takes the second from `slot=1`.
     """
     n = 1
     for d in shape:
@@ -119,8 +120,9 @@ def scratch(shape: Sequence[int], what: str) -> np.ndarray:
         # too big to keep around between calls: a one-off buffer
         check_size(shape, np.float32, what)
         return np.empty(shape, np.float32)
-    buf = getattr(_local, "buf", None)
+    name = f"buf{slot}"
+    buf = getattr(_local, name, None)
     if buf is None or buf.size < n:
         buf = np.empty(n, np.float32)
-        _local.buf = buf
+        setattr(_local, name, buf)
     return buf[:n].reshape(shape)

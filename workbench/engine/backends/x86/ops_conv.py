@@ -9,6 +9,13 @@ records it as `run.algorithm`:
 - ``grouped_im2col_gemm``: the same columns, one GEMM per group (a stacked matmul).
 - ``generic``: 3-D and higher, or non-float32 tensors at run time: numpy windows.
 
+That is the heuristic default. With a constant weight, `autotune.select` measures the
+alternatives on each input shape (at compile time when shape inference knows it, else on
+the first call) and keeps the fastest, its weight packed its way: ``im2col_gemm_t`` and
+``gemm_1x1_t`` (BLAS computes the transposed product), ``winograd_f2`` / ``winograd_f4``
+(winograd.py; 3x3 stride 1), ``grouped_im2col_gemm`` for depthwise; ``generic`` only
+when forced by name. `run.algorithm` and `run.candidates` then say what it chose.
+
 ConvTranspose is a GEMM (weights^T x input) followed by a numba col2im scatter-add
 (``gemm_col2im``). 1-D tensors run as 2-D ones of height 1. The float32 paths write into
 the arena's buffer when the executor passes `out=` (see backends/base.py).
@@ -24,6 +31,7 @@ import numpy as np
 from ...memory_guard import check_size
 from ..base import deliver, dest
 from ..common import conv_out_size, conv_pads
+from . import autotune, winograd
 from ._numba import (
     all_f32,
     const_input,
@@ -265,10 +273,17 @@ def _conv_generic(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: _ConvGe
 
 # -- Conv -------------------------------------------------------------------------------------
 def _conv_f32(
-    g: _ConvGeom, x: np.ndarray, wg: np.ndarray, b: np.ndarray | None, out: np.ndarray | None = None
+    g: _ConvGeom,
+    x: np.ndarray,
+    wg: np.ndarray,
+    b: np.ndarray | None,
+    out: np.ndarray | None = None,
+    alg: str | None = None,
 ) -> np.ndarray:
-    """float32 Conv of geometry `g` with the weight packed as (G, Mg, Cg*kh*kw), written
-    into `out` (contiguous float32 of the output's size) when given."""
+    """float32 Conv of geometry `g` by algorithm `alg` (default: g's heuristic one) with the
+    weight packed as (G, Mg, Cg*kh*kw), written into `out` (contiguous float32 of the
+    output's size) when given. The `_t` algorithms have BLAS compute the transposed
+    product (y^T = col^T W^T), which packs the operands the other way round."""
     shape = (g.n, g.m, g.oh, g.ow)
     if out is None:
         check_size(shape, np.float32, "Conv output")
@@ -276,7 +291,7 @@ def _conv_f32(
     else:
         y = out.reshape(shape)
     x4 = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
-    alg = g.algorithm
+    alg = alg or g.algorithm
     if alg == "depthwise":
         bias = f32c(b) if b is not None else np.zeros(g.m, np.float32)
         _depthwise(
@@ -285,7 +300,10 @@ def _conv_f32(
         )  # fmt: skip
         return y
     p = g.oh * g.ow
-    if alg == "gemm_1x1":
+    if alg == "gemm_1x1_t":
+        for n in range(g.n):
+            np.matmul(x4[n].reshape(g.c, p).T, wg[0].T, out=y[n].reshape(g.m, p).T)
+    elif alg == "gemm_1x1":
         if g.group == 1:
             np.matmul(wg[0], x4.reshape(g.n, g.c, p), out=y.reshape(g.n, g.m, p))
         else:
@@ -299,7 +317,9 @@ def _conv_f32(
                 x4[n].reshape(-1), g.c, g.h, g.w, g.kh, g.kw,
                 g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, col.reshape(-1),
             )  # fmt: skip
-            if g.group == 1:
+            if alg == "im2col_gemm_t":
+                np.matmul(col.T, wg[0].T, out=y[n].reshape(g.m, p).T)
+            elif g.group == 1:
                 np.matmul(wg[0], col, out=y[n].reshape(g.m, p))
             else:
                 out = y[n].reshape(g.group, g.m // g.group, p)
@@ -315,6 +335,63 @@ def _pack_conv_weight(w: np.ndarray, group: int) -> np.ndarray:
     return f32c(w).reshape(group, m // group, -1)
 
 
+def _candidates(g: _ConvGeom) -> list[str]:
+    """The algorithms that compute a float32 2-D Conv of geometry `g`, heuristic one first."""
+    names = [g.algorithm]
+    if g.algorithm == "depthwise":
+        names.append("grouped_im2col_gemm")
+    elif g.algorithm == "gemm_1x1" and g.group == 1:
+        names.append("gemm_1x1_t")
+    elif g.algorithm == "im2col_gemm":
+        names.append("im2col_gemm_t")
+        if winograd.applies(g.kernel, g.strides, g.dilations, g.group):
+            names += ["winograd_f2", "winograd_f4"]
+    return names
+
+
+def _builder(g: _ConvGeom, alg: str, w: np.ndarray, group: int) -> Callable[[], Callable]:
+    """`build() -> fn(x, b, y)`: algorithm `alg` with the weight packed its way (at build)."""
+
+    def build() -> Callable:
+        if alg.startswith("winograd_f"):
+            m = int(alg[-1])
+            u = winograd.pack_weight(w, m)
+            zeros = np.zeros(g.m, np.float32)
+
+            def fn(x, b, y):
+                bias = zeros if b is None else b
+                xx = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
+                return winograd.conv(xx, u, bias, m, (g.pt, g.pl), y)
+
+            return fn
+        if alg == "generic":
+            return lambda x, b, y: deliver(y, _conv_generic(x, w, b, g))
+        wg = _pack_conv_weight(w, group)
+        return lambda x, b, y: _conv_f32(g, x, wg, b, y, alg)
+
+    return build
+
+
+def _select(g: _ConvGeom, w: np.ndarray, bias: np.ndarray | None, attrs: dict, group: int):
+    """(algorithm, fn(x, b, y), Choice) for geometry `g`: measured, cached or forced."""
+    names = _candidates(g)
+    if autotune.forced("Conv") == "generic" and g.nsp <= 2:
+        names.append("generic")  # the numpy definition, only when asked for by name
+    builders = {name: _builder(g, name, w, group) for name in names}
+    shape = (g.n, g.m, g.oh, g.ow)
+    xs = (g.n, g.c, *([g.h, g.w] if g.nsp == 2 else [g.w]))
+    flops = 2.0 * g.n * g.m * g.cg * g.kh * g.kw * g.oh * g.ow
+
+    def make_args():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(xs, dtype=np.float32)
+        return x, bias, np.empty(shape, np.float32)
+
+    attrs_key = {k: attrs.get(k) for k in ("dilations", "group", "pads", "strides", "auto_pad")}
+    key = autotune.cache_key("Conv", [list(xs), list(w.shape)], attrs_key)
+    return autotune.select("Conv", key, builders, g.algorithm, make_args, flops)
+
+
 @kernels.register("Conv", since=1)
 def conv(node: Node, ctx: CompileContext) -> Callable | None:
     if declines_dtype(node) or declines_dtype(node, 1):
@@ -324,13 +401,24 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
     w_const = const_input(node, 1)
     b_const = const_input(node, 2)
     ws = static_shape(node, 1)
-    packed = None
+    w32 = None
     w_ok = w_const is not None and w_const.dtype == np.float32 and w_const.ndim in (3, 4)
     if w_ok and group > 0 and w_const.shape[0] % group == 0:  # else the call says what's wrong
-        packed = _pack_conv_weight(w_const, group)
+        w32 = f32c(w_const)
     bias = f32c(b_const) if b_const is not None and b_const.dtype == np.float32 else None
 
     geom = _geom_cache(lambda xs, ws_: _ConvGeom(xs, ws_, attrs, group))
+    # per input shape: the selected algorithm's function, its weight packed its way
+    chosen: dict[tuple, Callable] = {}
+
+    def tuned(g: _ConvGeom, xs: tuple) -> Callable:
+        fn = chosen.get(xs)
+        if fn is None:
+            _, fn, choice = _select(g, w32, bias, attrs, group)
+            if len(chosen) < 8:  # a model sees few shapes; packed weights are not small
+                chosen[xs] = fn
+            autotune.announce(run, choice)
+        return fn
 
     def run(x, w, b=None, out=None):
         g = geom(x.shape, w.shape)
@@ -339,14 +427,23 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
             return (deliver(o, _conv_generic(x, w, b, g)),)
         if b is not None and b.shape != (g.m,):
             raise ValueError(f"Conv bias shape {list(b.shape)} != [{g.m}]")
-        wg = packed if packed is not None else _pack_conv_weight(w, group)
         bb = bias if bias is not None else b
-        y = _conv_f32(g, x, wg, bb, o)
+        if w32 is not None and w.shape == w32.shape:
+            fn = tuned(g, x.shape)
+            shape = (g.n, g.m, g.oh, g.ow)
+            if o is None:
+                check_size(shape, np.float32, "Conv output")
+            y = np.empty(shape, np.float32) if o is None else o.reshape(shape)
+            fn(x, bb, y)
+            return (o if o is not None else y.reshape(g.n, g.m, *g.out),)
+        y = _conv_f32(g, x, _pack_conv_weight(w, group), bb, o)
         return (o if o is not None else y.reshape(g.n, g.m, *g.out),)
 
     run.writes_out = True
+    run.listeners = []
+    run.candidates = {}
 
-    # The algorithm depends only on static facts; say which one when they are known.
+    # The heuristic algorithm depends only on static facts; say which one when known.
     kernel = attrs.get("kernel_shape") or (ws[2:] if ws else None)
     run.algorithm = "auto"
     if kernel is not None and ws is not None:
@@ -356,6 +453,15 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
         # only read for 1x1 stride-1 kernels, where SAME_* and VALID both mean no padding
         pads_zero = auto_pad != "NOTSET" or not any(attrs.get("pads") or [0])
         run.algorithm = _choose(kernel, strides, pads_zero, group, ws[1])
+    # With the input shape known now, select now: measuring is compile-time work.
+    xs = static_shape(node, 0)
+    if xs is not None and w32 is not None and (node.inputs[0].dtype in (None, np.float32)):
+        try:
+            g = geom(xs, w32.shape)
+        except ValueError:
+            g = None  # a bad shape: the call raises it with the node's name
+        if g is not None and g.algorithm != "generic":
+            tuned(g, xs)
     return run
 
 

@@ -26,6 +26,7 @@ from numba.extending import intrinsic
 
 from ...ir import Node, Value
 from ..base import CompileContext
+from . import autotune
 from ._numba import const_input, declines_dtype, njit, u64
 from ._table import kernels
 from .ops_activation import _E  # the x86 Erf kernel's float64 polynomial (see there)
@@ -339,7 +340,14 @@ def fused_conv(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     run.algorithm = f"{getattr(conv, 'algorithm', 'default')}+epilogue"
     run.writes_out = getattr(conv, "writes_out", False)
+    _relay(conv, run)
     return run
+
+
+def _relay(plain: KernelFn, run: KernelFn) -> None:
+    """The plain kernel's algorithm selection, shown on the fused kernel too."""
+    if hasattr(plain, "listeners"):
+        autotune.relay(plain, run, "+epilogue")
 
 
 @kernels.register("FusedGemm", domain="workbench", since=1)
@@ -376,8 +384,9 @@ def fused_gemm(node: Node, ctx: CompileContext) -> KernelFn | None:
         _epilogue_rows(y.reshape(-1), bv, zz, rows, cols, *act)
         return (_finish(y, res, out),)
 
-    run.algorithm = "gemm+epilogue"
+    run.algorithm = f"{getattr(gemm, 'algorithm', 'gemm')}+epilogue"
     run.writes_out = getattr(gemm, "writes_out", False)
+    _relay(gemm, run)
     return run
 
 
@@ -409,4 +418,5 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     run.algorithm = f"{getattr(matmul, 'algorithm', 'default')}+epilogue"
     run.writes_out = getattr(matmul, "writes_out", False)
+    _relay(matmul, run)
     return run

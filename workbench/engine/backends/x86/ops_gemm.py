@@ -8,6 +8,10 @@ Algorithms recorded as `run.algorithm`:
   into its rows so that BLAS sees one tall GEMM instead of a loop of small ones.
 - ``batched_gemm``: MatMul in general (numpy's batching, broadcasting and 1-D rules).
 
+With a constant float32 B, `autotune` measures three ways of calling BLAS per row count
+(``gemm``, ``gemm_t``: the transposed product, ``gemm_bt``: B transposed once) and keeps
+the fastest; MatMul's shows as ``gemm_flat``, ``gemm_t_flat``, ``gemm_bt_flat``.
+
 BLAS writes straight into the arena's buffer when the executor passes `out=` (see
 backends/base.py); inputs of another dtype compute fresh and are copied there.
 """
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import deliver, dest
+from . import autotune
 from ._numba import const_input, declines_dtype
 from ._table import kernels
 
@@ -54,7 +59,10 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
             raise ValueError(f"Gemm needs 2-D A and B, got {list(x.shape)} and {list(b.shape)}")
         xa = x.T if trans_a else x
         o = _same_dtype(dest(out), x, b)
-        if bm is not None:
+        if tuned is not None and not trans_a and x.dtype == np.float32 and x.shape[1] == k:
+            y = np.empty((x.shape[0], bm.shape[1]), np.float32) if o is None else o
+            tuned(x, y)
+        elif bm is not None:
             y = np.matmul(xa, bm, out=o)
         else:
             y = np.matmul(xa, b.T if trans_b else b, out=o)
@@ -71,6 +79,14 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
         return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
 
     run.algorithm, run.writes_out = "gemm", True
+    tuned, k = None, -1
+    if _tunable(bm) and not trans_a:
+        k = bm.shape[0]
+        run.listeners, run.candidates, run.suffix = [], {}, ""
+        tuned = _TunedProduct("Gemm", bm, run)
+        shape = node.inputs[0].shape
+        if shape and len(shape) == 2 and isinstance(shape[0], int) and shape[0] > 0:
+            tuned.select(shape[0])
     return run
 
 
@@ -95,12 +111,24 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
                 return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
             if x.shape[-1] != k:
                 raise ValueError(f"MatMul shapes {list(x.shape)} and {list(bm.shape)} differ in K")
+            if tuned is not None and x.dtype == np.float32:
+                x2 = np.ascontiguousarray(x).reshape(-1, k)
+                o2 = np.empty((x2.shape[0], n), np.float32) if o is None else o.reshape(-1, n)
+                tuned(x2, o2)
+                return (o if o is not None else o2.reshape(*x.shape[:-1], n),)
             y = np.matmul(x.reshape(-1, k), bm, out=None if o is None else o.reshape(-1, n))
             if o is not None:
                 return (o,)
             return (deliver(dest(out), y.reshape(*x.shape[:-1], n).astype(x.dtype, copy=False)),)
 
         run_flat.algorithm, run_flat.writes_out = "gemm_flat", True
+        tuned = None
+        if _tunable(bm):
+            run_flat.listeners, run_flat.candidates, run_flat.suffix = [], {}, "_flat"
+            tuned = _TunedProduct("MatMul", bm, run_flat)
+            rows = _static_rows(node)
+            if rows is not None:
+                tuned.select(rows)
         return run_flat
     bc = np.ascontiguousarray(b_const) if b_const is not None else None
 
@@ -114,3 +142,67 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
 
     run.algorithm, run.writes_out = "batched_gemm", True
     return run
+
+
+# -- algorithm selection for a product by a constant matrix --------------------------------------
+def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
+    """`name -> build() -> fn(x2, o2)` computing o2 = x2 @ bm for 2-D float32 x2, o2: BLAS
+    on bm as given (``gemm``), on the product transposed (``gemm_t``: o2^T = bm^T x2^T,
+    which makes BLAS pack and block the operands the other way round) and on a transposed
+    copy of bm made once (``gemm_bt``)."""
+
+    def plain():
+        return lambda x2, o2: np.matmul(x2, bm, out=o2)
+
+    def transposed():
+        return lambda x2, o2: np.matmul(bm.T, x2.T, out=o2.T)
+
+    def packed_t():
+        bt = np.ascontiguousarray(bm.T)
+        return lambda x2, o2: np.matmul(x2, bt.T, out=o2)
+
+    return {"gemm": plain, "gemm_t": transposed, "gemm_bt": packed_t}
+
+
+class _TunedProduct:
+    """x2 @ bm by the algorithm selected per row count (rows vary with batch and sequence)."""
+
+    def __init__(self, op: str, bm: np.ndarray, run: Callable) -> None:
+        self.op, self.bm, self.run = op, bm, run
+        self.fns: dict[int, Callable] = {}
+
+    def __call__(self, x2: np.ndarray, o2: np.ndarray) -> np.ndarray:
+        fn = self.fns.get(x2.shape[0])
+        if fn is None:
+            fn = self.select(x2.shape[0])
+        fn(x2, o2)
+        return o2
+
+    def select(self, rows: int) -> Callable:
+        k, n = self.bm.shape
+        builders = _gemm_builders(self.bm)
+
+        def make_args():
+            x2 = np.random.default_rng(0).standard_normal((rows, k), dtype=np.float32)
+            return x2, np.empty((rows, n), np.float32)
+
+        key = autotune.cache_key(self.op, [rows, k, n], {})
+        _, fn, choice = autotune.select(
+            self.op, key, builders, "gemm", make_args, 2.0 * rows * k * n
+        )
+        if len(self.fns) < 8:
+            self.fns[rows] = fn
+        autotune.announce(self.run, choice, self.run.suffix)
+        return fn
+
+
+def _tunable(bm: np.ndarray | None) -> bool:
+    return bm is not None and bm.dtype == np.float32 and bm.ndim == 2
+
+
+def _static_rows(node: Node) -> int | None:
+    """Rows of A folded to 2-D (all but its last dim), when shape inference knows them."""
+    shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape) or len(shape) < 2:
+        return None
+    return int(np.prod(shape[:-1]))
