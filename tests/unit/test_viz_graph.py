@@ -260,3 +260,19 @@ def test_layout_engines_and_cache():
     assert b.engine == "sugiyama" and len(b.paths) == len(edges)
     for lay in (a, b):  # layered top-down: every edge goes down
         assert all(lay.xy[t, 1] > lay.xy[h, 1] for t, h in edges)
+
+
+def test_runs_of_a_model_built_here_draw_on_the_graph_they_ran():
+    # No zoo rebuild is possible for a hand-built model: the Profile and the Comparison
+    # carry the graph that ran, and its timings and errors land on its nodes.
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["m"], name="square"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    model = graph_model(nodes, [("x", [4, 8])], [("y", [4, 8])])
+    p = wb.profile(model, backend="x86", repeat=2, warmup=0, save=False, progress=False)
+    c = wb.compare(model, backends=["x86"], save=False, progress=False)
+    fig = graph(p, color_by="time")
+    names = {d[0] for d in nodes_of(fig).customdata}
+    assert set(p.kernels["node"]) <= names
+    assert {d[0] for d in nodes_of(graph(c, color_by="error")).customdata} == set(c.nodes["node"])

@@ -111,6 +111,8 @@ class Comparison:
         self.nodes = nodes
         self.arrays = arrays
         self.path = path
+        # The graph each backend ran (in memory only, not saved): viz draws errors on it.
+        self.graphs: dict[str, Any] = {}
 
     # -- reading it ----------------------------------------------------------------------------
     @property
@@ -417,6 +419,7 @@ def compare(
 
     tensors = pd.DataFrame(rows, columns=_columns())
     result = Comparison(meta, tensors, pd.DataFrame(node_rows, columns=_NODE_COLUMNS), arrays)
+    result.graphs = {b: sess.model.graph for b, sess in sessions.items()}
     if save:
         result.save()
     return result

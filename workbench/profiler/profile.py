@@ -217,6 +217,7 @@ def profile(
     if save:
         prof.save()  # before anything else can fail: what was measured is kept
     _annotate(plan, kernels)
+    prof.graph = sess.model.graph
     if log.isEnabledFor(logging.DEBUG):
         for row in kernels.itertuples():
             log.debug(
@@ -440,6 +441,8 @@ class Profile:
     stamps: np.ndarray  # [repeat, kernels + 1] perf_counter stamps: kernel k ran [k, k+1]
     bounds: np.ndarray  # [repeat, 2] start and end of each whole run
     path: Path | None = field(default=None)
+    # The graph that ran (in memory only, not saved): viz draws timings on it.
+    graph: Any = field(default=None, repr=False)
 
     # -- numbers --------------------------------------------------------------------------------
     @property

@@ -163,7 +163,7 @@ _OPTIMIZED: OrderedDict[tuple[int, int, str], tuple[Model, Model]] = OrderedDict
 def _measured_graph(
     run: Any, sources: list[Model], level: int, backend: str, names: list[str], model_name: str
 ) -> Graph:
-    own = getattr(run, "graph", None)
+    own = getattr(run, "graph", None) or (getattr(run, "graphs", None) or {}).get(backend)
     if isinstance(own, Model):
         own = own.graph
     if isinstance(own, Graph):
