@@ -1,0 +1,230 @@
+"""x86 algorithm selection (backends/x86/autotune.py): every Conv and GEMM candidate, forced
+by name, against the reference backend on odd shapes; Winograd's error bound; the disk
+cache (a second selection measures nothing, another shape does); selection switched off
+falls back to the heuristic; a choice made on the first call shows in the plan; the one
+thread setting (workbench/_threads.py) reaches BLAS and numba."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import workbench as wb
+from workbench import _threads
+from workbench.engine.backends.x86 import autotune
+from workbench.testing import assert_close, node_model, run_node
+
+rng = np.random.default_rng(11)
+
+
+def f32(*shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test selects against an empty cache of its own, with the default settings."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("WORKBENCH_AUTOTUNE", raising=False)
+    monkeypatch.delenv("WORKBENCH_ALGORITHM", raising=False)
+    autotune.clear_memory()
+    yield
+    autotune.clear_memory()
+
+
+def session(op, inputs, attrs, consts=(1, 2), symbolic=False):
+    model, feeds = node_model(op, inputs, attrs, consts=consts)
+    if symbolic:  # the batch dim unknown at compile time: selection on the first call
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    sess = wb.Session(wb.load(model, check=False), "x86")
+    assert not sess.plan.fallbacks
+    return sess, feeds
+
+
+def forced(op, alg, inputs, attrs, consts=(1, 2)):
+    """Output and the step's run with `alg` forced for `op`."""
+    with autotune.settings(force={op: alg}):
+        sess, feeds = session(op, inputs, attrs, consts)
+    out = sess.run(feeds)["out0"]
+    (step,) = sess.plan.steps
+    return out, step
+
+
+# (x, w, attrs): padding, stride 2, dilations, groups, channel counts 3/5/17, batch 2,
+# non-square images and kernels
+IM2COL = [
+    ((2, 3, 9, 7), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 5, 8, 11), (17, 5, 3, 2), {"strides": [2, 1], "pads": [1, 0, 2, 1]}),
+    ((1, 17, 9, 8), (3, 17, 3, 3), {"dilations": [2, 3], "pads": [2, 1, 0, 3]}),
+    ((2, 3, 10, 9), (5, 3, 5, 5), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((2, 5, 11), (17, 5, 4), {"strides": [2], "pads": [1, 2], "dilations": [2]}),
+]
+ONE_BY_ONE = [((2, 17, 5, 7), (5, 17, 1, 1), {}), ((1, 3, 4, 9), (17, 3, 1, 1), {})]
+DEPTHWISE = [
+    ((2, 5, 9, 7), (5, 1, 3, 3), {"group": 5, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 3, 9, 8), (6, 1, 3, 3), {"group": 3, "pads": [0, 1, 2, 0], "dilations": [1, 2]}),
+]
+WINOGRAD = [
+    ((2, 5, 9, 7), (17, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 17, 7, 10), (3, 17, 3, 3), {"pads": [0, 1, 2, 0]}),
+    ((2, 3, 6, 5), (5, 3, 3, 3), {}),
+    ((1, 5, 11, 13), (5, 5, 3, 3), {"auto_pad": "SAME_LOWER"}),
+    ((1, 64, 12, 12), (32, 64, 3, 3), {"pads": [1, 1, 1, 1]}),
+]
+
+CONV_CASES = (
+    [("im2col_gemm", *c) for c in IM2COL]
+    + [("im2col_gemm_t", *c) for c in IM2COL if len(c[0]) == 4]
+    + [(alg, *c) for c in ONE_BY_ONE for alg in ("gemm_1x1", "gemm_1x1_t")]
+    + [(alg, *c) for c in DEPTHWISE for alg in ("depthwise", "grouped_im2col_gemm")]
+    + [("grouped_im2col_gemm", (2, 6, 9, 9), (10, 3, 3, 3), {"group": 2, "pads": [2, 1, 2, 1]})]
+    + [("generic", *c) for c in IM2COL[:2]]
+)
+
+
+@pytest.mark.parametrize(("alg", "xs", "ws", "attrs"), CONV_CASES)
+def test_conv_algorithm_matches_reference(alg, xs, ws, attrs):
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    got, step = forced("Conv", alg, [x, w, b], attrs)
+    assert step.kernel.algorithm == alg and step.run.choice.source == "forced"
+    ref = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
+    assert_close(got, ref, rtol=1e-4, atol=1e-5, err_msg=f"{alg} {xs} {ws} {attrs}")
+
+
+# Winograd computes the same sum through transforms whose entries reach 5 (B^T) and 8
+# (A^T) in F(4, 3), so float32 rounding errors of the transformed tiles are amplified
+# before they cancel: measured ~1e-6 of the output's largest magnitude for F(2, 3) and
+# ~1e-5 for F(4, 3) at 256 channels. The bounds below (relative to max |y|) leave a
+# factor ~10 of margin; the direct algorithms stay near 1e-7.
+WINOGRAD_TOL = {"winograd_f2": 1e-5, "winograd_f4": 1e-4}
+
+
+@pytest.mark.parametrize("alg", sorted(WINOGRAD_TOL))
+@pytest.mark.parametrize(("xs", "ws", "attrs"), WINOGRAD)
+def test_winograd_error_within_bound(alg, xs, ws, attrs):
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    got, step = forced("Conv", alg, [x, w, b], attrs)
+    assert step.kernel.algorithm == alg
+    ref = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
+    assert got.shape == ref.shape
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert err <= WINOGRAD_TOL[alg], f"{alg} relative error {err:.2e} on {xs} {ws} {attrs}"
+
+
+def test_forced_algorithm_that_does_not_apply_is_ignored():
+    x, w = f32(1, 3, 9, 9), f32(4, 3, 3, 3)
+    got, step = forced("Conv", "winograd_f4", [x, w], {"strides": [2, 2]}, consts=(1,))
+    assert not step.kernel.algorithm.startswith("winograd")
+    ref = run_node("reference", "Conv", [x, w], {"strides": [2, 2]}, consts=(1,))[0]
+    assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_forced_by_environment(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_ALGORITHM", "Conv=winograd_f2")
+    sess, _ = session("Conv", [f32(1, 3, 8, 8), f32(4, 3, 3, 3)], {}, consts=(1,))
+    assert sess.plan.steps[0].kernel.algorithm == "winograd_f2"
+
+
+@pytest.mark.parametrize("alg", ["gemm", "gemm_t", "gemm_bt"])
+def test_matmul_and_gemm_algorithms_match_reference(alg):
+    a, b = f32(2, 3, 17), f32(17, 5)
+    got, step = forced("MatMul", alg, [a, b], {}, consts=(1,))
+    assert step.kernel.algorithm == f"{alg}_flat"
+    ref = run_node("reference", "MatMul", [a, b], {}, consts=(1,))[0]
+    assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    a2, b2, c2 = f32(7, 5), f32(3, 5), f32(3)
+    attrs = {"transB": 1, "alpha": 0.5, "beta": 2.0}
+    got, step = forced("Gemm", alg, [a2, b2, c2], attrs)
+    assert step.kernel.algorithm == alg
+    ref = run_node("reference", "Gemm", [a2, b2, c2], attrs, consts=(1, 2))[0]
+    assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_conv_shows_the_selected_algorithm():
+    x, w, b = f32(1, 4, 6, 6), f32(5, 4, 3, 3), f32(5)
+    attrs = {"pads": [1, 1, 1, 1], "activation": "Relu"}
+    with autotune.settings(force={"Conv": "winograd_f2"}):
+        model, feeds = node_model("FusedConv", [x, w, b], attrs, domain="workbench", consts=(1, 2))
+        sess = wb.Session(wb.load(model, check=False), "x86")
+    (step,) = sess.plan.steps
+    assert step.kernel.algorithm == "winograd_f2+epilogue"
+    ref = run_node("reference", "Conv", [x, w, b], {"pads": [1, 1, 1, 1]}, consts=(1, 2))[0]
+    assert_close(sess.run(feeds)["out0"], np.maximum(ref, 0), rtol=1e-4, atol=1e-5)
+
+
+# large enough to be measured (autotune.MIN_FLOPS), small enough to be quick
+BIG = ((1, 32, 20, 20), (32, 32, 3, 3), {"pads": [1, 1, 1, 1]})
+
+
+def test_selection_measures_once_then_hits_the_disk_cache():
+    xs, ws, attrs = BIG
+    w = f32(*ws)
+    before = dict(autotune.stats)
+    sess, _ = session("Conv", [f32(*xs), w], attrs, consts=(1,))
+    run = sess.plan.steps[0].run
+    assert autotune.stats["measured"] == before["measured"] + 1
+    assert run.choice.source == "measured"
+    assert set(run.candidates) == {"im2col_gemm", "im2col_gemm_t", "winograd_f2", "winograd_f4"}
+    assert all(ms > 0 for ms in run.candidates.values())
+    assert sess.plan.steps[0].kernel.algorithm == min(run.candidates, key=run.candidates.get)
+    assert autotune.cache_path().exists()
+
+    autotune.clear_memory()  # a new process: only the file remains
+    sess2, _ = session("Conv", [f32(*xs), w], attrs, consts=(1,))
+    run2 = sess2.plan.steps[0].run
+    assert autotune.stats["measured"] == before["measured"] + 1  # nothing measured
+    assert autotune.stats["cache_hits"] == before["cache_hits"] + 1
+    assert run2.choice.source == "cache" and run2.algorithm == run.algorithm
+    assert run2.candidates == run.candidates  # the times measured then, for the profiler
+
+    session("Conv", [f32(1, 32, 21, 20), w], attrs, consts=(1,))  # another shape: a miss
+    assert autotune.stats["measured"] == before["measured"] + 2
+
+
+@pytest.mark.parametrize("how", ["settings", "env"])
+def test_selection_disabled_takes_the_heuristic(how, monkeypatch):
+    xs, ws, attrs = BIG
+    before = autotune.stats["measured"]
+    if how == "env":
+        monkeypatch.setenv("WORKBENCH_AUTOTUNE", "0")
+        sess, _ = session("Conv", [f32(*xs), f32(*ws)], attrs, consts=(1,))
+    else:
+        with autotune.settings(enabled=False):
+            sess, _ = session("Conv", [f32(*xs), f32(*ws)], attrs, consts=(1,))
+    run = sess.plan.steps[0].run
+    assert run.choice.source == "disabled" and run.algorithm == "im2col_gemm"
+    assert autotune.stats["measured"] == before
+
+
+def test_selection_on_first_call_shows_in_the_plan():
+    xs, ws, attrs = BIG
+    x, w = f32(*xs), f32(*ws)
+    with autotune.settings(force={"Conv": "winograd_f4"}):
+        sess, feeds = session("Conv", [x, w], attrs, consts=(1,), symbolic=True)
+        assert sess.plan.steps[0].kernel.algorithm == "im2col_gemm"  # not chosen yet
+        got = sess.run(feeds)["out0"]
+    assert sess.kernels()[0]["algorithm"] == "winograd_f4"
+    ref = run_node("reference", "Conv", [x, w], attrs, consts=(1,))[0]
+    assert float(np.abs(got - ref).max() / np.abs(ref).max()) <= WINOGRAD_TOL["winograd_f4"]
+
+
+def test_thread_setting_reaches_blas_and_numba(monkeypatch):
+    import numba
+
+    saved = _threads.current()
+    try:
+        assert _threads.apply(1) == 1
+        assert _threads.blas_threads() == 1 and numba.get_num_threads() == 1
+        assert _threads.info()["source"] == "argument"
+        if _threads.usable_cpus() >= 2 and numba.config.NUMBA_NUM_THREADS >= 2:
+            _threads.apply(2)
+            assert _threads.blas_threads() == 2 and numba.get_num_threads() == 2
+        monkeypatch.setenv("WORKBENCH_THREADS", "3")
+        assert _threads.choose() == (3, "WORKBENCH_THREADS")
+        monkeypatch.delenv("WORKBENCH_THREADS")
+        monkeypatch.setattr("os.getloadavg", lambda: (1000.0, 1000.0, 1000.0))
+        assert _threads.choose() == (1, "busy")
+        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert _threads.choose() == (_threads.usable_cpus(), "cpus")
+    finally:
+        _threads.apply(saved)

@@ -1,0 +1,271 @@
+"""Fast-Run-style algorithm selection for the x86 kernels (after MegEngine's Fast Run):
+measure every candidate algorithm of a node on its real shapes, keep the fastest, and
+remember the choice on disk so that the next process does not measure again.
+
+A kernel factory hands `select` its candidates as *builders*: `build() -> fn`, where
+building does the algorithm's compile-time work (packing the weight its way) and
+`fn(*inputs, out)` computes into `out`. `select` measures each (a warm-up call, then up to
+`REPS` timed calls within `BUDGET_S`, the median), builds only the winner for keeps, and
+returns it with a `Choice` that says what was measured.
+
+Settings (environment, or `settings(...)` as a context manager):
+
+- ``WORKBENCH_AUTOTUNE=0``: no measuring; every node takes its heuristic default.
+- ``WORKBENCH_ALGORITHM=winograd_f4`` or ``Conv=winograd_f2,MatMul=gemm_t``: force an
+  algorithm (for teaching: watch what each costs); a node without that candidate keeps
+  its own choice.
+
+Choices are cached in `cache_dir("autotune")/<machine>.json`, keyed by op, shapes,
+attributes, dtype and thread count; the machine is the CPU model and architecture.
+Nodes cheaper than `MIN_FLOPS` are not worth measuring (noise would decide) and take the
+default; so do nodes met after `PROCESS_BUDGET_S` of measuring in this process. `stats`
+counts measurements and cache hits (tests and the benchmark read it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .... import _threads
+from ...._cache import cache_dir
+
+REPS = 3  # timed calls per candidate at most (after one warm-up call)
+BUDGET_S = 0.05  # measuring time per candidate at most, warm-up excluded
+MIN_FLOPS = 4e6  # below this a node takes the heuristic default without measuring
+# measuring time of one process at most: past it, nodes not in the cache take their
+# default (source "budget"), so a first compile of a big model on a busy machine stays
+# bounded; WORKBENCH_AUTOTUNE_BUDGET (seconds) changes it
+PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
+
+Builder = Callable[[], Callable[..., Any]]
+
+_lock = threading.Lock()
+_settings: dict[str, Any] = {"enabled": None, "force": None}
+stats: dict[str, float] = {"measured": 0, "cache_hits": 0, "seconds": 0.0}
+
+
+@dataclass
+class Choice:
+    """What selection decided for one node and shape: the algorithm, how (measured,
+    cache, forced, disabled, small: below MIN_FLOPS, only: one candidate, budget: the
+    process's measuring time was spent), and the
+    median milliseconds of every candidate measured (now or when the cache was filled)."""
+
+    algorithm: str
+    source: str
+    candidates: dict[str, float] = field(default_factory=dict)
+
+
+# -- settings -----------------------------------------------------------------------------------
+def enabled() -> bool:
+    if _settings["enabled"] is not None:
+        return bool(_settings["enabled"])
+    return os.environ.get("WORKBENCH_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off")
+
+
+def _parse_force(text: str) -> dict[str, str]:
+    """ "alg" -> {"*": alg}; "Conv=a,MatMul=b" -> {"Conv": a, "MatMul": b}."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        op, sep, alg = part.partition("=")
+        out[op.strip() if sep else "*"] = (alg if sep else op).strip()
+    return out
+
+
+def forced(op: str) -> str | None:
+    """The algorithm forced for `op` (or for every op), if any."""
+    force = _settings["force"]
+    if force is None:
+        force = _parse_force(os.environ.get("WORKBENCH_ALGORITHM", ""))
+    return force.get(op) or force.get("*")
+
+
+@contextlib.contextmanager
+def settings(
+    enabled: bool | None = None, force: str | Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Within the block, selection is on or off (`enabled`) and/or `force`s an algorithm
+    ("winograd_f2", or {"Conv": "im2col_gemm"}); plans compiled inside keep their choice."""
+    old = dict(_settings)
+    if enabled is not None:
+        _settings["enabled"] = enabled
+    if force is not None:
+        _settings["force"] = _parse_force(force) if isinstance(force, str) else dict(force)
+    try:
+        yield
+    finally:
+        _settings.update(old)
+
+
+# -- the disk cache -------------------------------------------------------------------------------
+def machine_key() -> str:
+    from ....profiler.machine import cpu_model  # numpy and the stdlib only
+
+    slug = "".join(ch if ch.isalnum() else "-" for ch in cpu_model()).strip("-").lower()
+    return f"{slug[:60]}-{platform.machine().lower()}"
+
+
+def cache_path() -> Path:
+    return cache_dir("autotune") / f"{machine_key()}.json"
+
+
+_memory: dict[str, dict[str, Any]] = {}
+_loaded: set[Path] = set()
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _entries() -> dict[str, Any]:
+    path = cache_path()
+    if path not in _loaded:
+        _memory.update(_load(path))
+        _loaded.add(path)
+    return _memory
+
+
+def _store(key: str, entry: dict[str, Any]) -> None:
+    _memory[key] = entry
+    path = cache_path()
+    merged = {**_load(path), key: entry}  # another process may have added entries since
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
+        os.replace(tmp, path)  # atomic: concurrent writers each leave valid JSON
+
+
+def clear_memory() -> None:
+    """Forget what was read from disk (tests; the files stay)."""
+    _memory.clear()
+    _loaded.clear()
+
+
+def cache_key(op: str, shapes: Any, attrs: Any, dtype: str = "float32") -> str:
+    return json.dumps([op, shapes, attrs, dtype, _threads.current()], sort_keys=True, default=str)
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def reset_budget() -> None:
+    """Give this process a fresh PROCESS_BUDGET_S of measuring (e.g. per model compiled)."""
+    stats["seconds"] = 0.0
+
+
+def measure(fn: Callable[..., Any], args: tuple, best: float = math.inf) -> float:
+    """Median seconds of `fn(*args)`: one warm-up call (numba loads its code, BLAS wakes its
+    threads, pages fault in), then up to REPS calls within BUDGET_S; a candidate already 3x
+    slower than `best` on its first timed call is not timed further."""
+    clock = time.perf_counter
+    fn(*args)
+    times: list[float] = []
+    stop = clock() + BUDGET_S
+    for _ in range(REPS):
+        t0 = clock()
+        fn(*args)
+        times.append(clock() - t0)
+        if clock() > stop or times[0] > 3 * best:
+            break
+    return _median(times)
+
+
+def select(
+    op: str,
+    key: str,
+    builders: Mapping[str, Builder],
+    default: str,
+    make_args: Callable[[], tuple],
+    flops: float = math.inf,
+) -> tuple[str, Callable[..., Any], Choice]:
+    """The algorithm for one node and shape among `builders` (name -> builder), its built
+    function and the `Choice`. `make_args()` gives the arguments a candidate is timed on
+    (inputs of the real shapes and an output array)."""
+    names = list(builders)
+    if default not in builders:
+        raise ValueError(f"{op}: default algorithm {default!r} not among {names}")
+    want = forced(op)
+    if want in builders:
+        return want, builders[want](), Choice(want, "forced")
+    if len(names) == 1:
+        return default, builders[default](), Choice(default, "only")
+    if not enabled():
+        return default, builders[default](), Choice(default, "disabled")
+    if flops < MIN_FLOPS:
+        return default, builders[default](), Choice(default, "small")
+    with _lock:
+        entry = _entries().get(key)
+    if entry is not None and entry.get("algorithm") in builders:
+        stats["cache_hits"] += 1
+        alg = entry["algorithm"]
+        return alg, builders[alg](), Choice(alg, "cache", dict(entry.get("ms", {})))
+    if stats["seconds"] >= PROCESS_BUDGET_S:
+        return default, builders[default](), Choice(default, "budget")
+    t_start = time.perf_counter()
+    args = make_args()
+    ms: dict[str, float] = {}
+    best, best_name, best_fn = math.inf, default, None
+    for name in names:
+        fn = builders[name]()
+        t = measure(fn, args, best)
+        ms[name] = round(t * 1e3, 4)
+        if t < best:
+            best, best_name, best_fn = t, name, fn
+        del fn  # a loser's packed weight goes now
+    stats["measured"] += 1
+    stats["seconds"] += time.perf_counter() - t_start
+    with _lock:
+        _store(key, {"algorithm": best_name, "ms": ms})
+    return best_name, best_fn, Choice(best_name, "measured", ms)
+
+
+def announce(run: Any, choice: Choice, suffix: str = "") -> None:
+    """Record `choice` on a kernel function for whoever shows it: `run.algorithm` (plus
+    `suffix`, e.g. "+epilogue" for a fused kernel), `run.candidates` (name -> median ms),
+    `run.choice`; then tell `run.listeners` (the backend updates the plan's Kernel)."""
+    run.algorithm = choice.algorithm + suffix
+    run.candidates = dict(choice.candidates)
+    run.choice = choice
+    for listener in getattr(run, "listeners", ()):
+        listener(choice)
+
+
+def relay(inner: Any, outer: Any, suffix: str) -> None:
+    """Make `outer` (a fused kernel built around `inner`) announce `inner`'s choices."""
+    outer.listeners = []
+    inner.listeners.append(lambda ch: announce(outer, ch, suffix))
+    if getattr(inner, "choice", None) is not None:
+        announce(outer, inner.choice, suffix)
+
+
+__all__ = [
+    "Choice",
+    "announce",
+    "cache_key",
+    "cache_path",
+    "enabled",
+    "forced",
+    "measure",
+    "relay",
+    "reset_budget",
+    "select",
+    "settings",
+    "stats",
+]
