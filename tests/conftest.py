@@ -418,3 +418,18 @@ def ort_run() -> Callable[..., dict[str, np.ndarray]]:
     """`ort_run(model_or_path, feeds) -> {output name: array}` on onnxruntime's CPU provider."""
     pytest.importorskip("onnxruntime")
     return _ort_run
+
+
+@pytest.fixture
+def bare_backend(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The name of a registered backend with no kernel of its own, for the refusals of
+    fusion rules: every fused op is one it cannot run."""
+    from workbench.engine import backends
+    from workbench.engine.backends.base import Backend
+
+    class Bare(Backend):
+        name = "bare"
+
+    backends.all_backends()  # discover the real ones first, then add this one
+    monkeypatch.setitem(backends._REGISTRY, "bare", Bare())
+    return "bare"

@@ -170,15 +170,7 @@ def test_linear_refuses_with_reason(model, reason):
     assert got.startswith(reason)
 
 
-def test_fused_ops_are_only_emitted_for_backends_with_a_kernel(monkeypatch):
-    from workbench.engine import backends
-    from workbench.engine.backends.base import Backend
-
-    class Bare(Backend):  # a backend with no kernel of its own: every fused op is refused
-        name = "bare"
-
-    backends.all_backends()  # discover first, then add ours
-    monkeypatch.setitem(backends._REGISTRY, "bare", Bare())
+def test_fused_ops_are_only_emitted_for_backends_with_a_kernel(bare_backend):
     result = _fused(_matmul_add(_rand(5)), backend="bare", passes=linear.PASSES)
     assert not result.changes
     assert _reasons(result, "matmul_add") == ["bare has no kernel for workbench.FusedMatMul"]
