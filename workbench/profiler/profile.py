@@ -209,6 +209,9 @@ def profile(
     meta["summary"]["peak_rss_mib"] = rss.peak_bytes / 2**20
     # What the backend knows of its device: the clock used (CUDA events), device memory.
     meta.update(getattr(sess.backend, "profile_meta", dict)())
+    from workbench import _threads  # how many threads the kernels had, and why
+
+    meta["threads"] = _threads.info()
     memory = _memory_summary(sess)
     if memory is not None:
         meta["memory"] = memory
