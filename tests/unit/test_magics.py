@@ -89,3 +89,17 @@ def test_magic_errors_are_usage_errors(shell: InteractiveShell) -> None:
 def test_magic_refuses_an_unknown_precision(shell: InteractiveShell) -> None:
     with pytest.raises(UsageError, match="no backend has precision 'fp7'"):
         shell.run_line_magic("workbench", "tiny_bert --precision fp7")
+
+
+def test_models_profiles_and_comparisons_show_html_in_notebooks(shell: InteractiveShell) -> None:
+    from workbench import zoo
+
+    shell.run_line_magic("load_ext", "workbench")
+    html = shell.display_formatter.formatters["text/html"]
+    html.enabled = True  # a terminal shell turns HTML off; a notebook kernel has it on
+    model = wb.load(zoo.get("tiny_resnet"))
+    assert "tiny_resnet" in html(model) and "41 nodes" in html(model)
+    prof = wb.profile(model, backend="x86", repeat=2, warmup=0, save=False, progress=False)
+    assert "x86" in html(prof) and "<" in html(prof)
+    cmp = wb.compare(model, backends=["x86"], save=False, progress=False)
+    assert "x86" in html(cmp)

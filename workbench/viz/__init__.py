@@ -19,7 +19,9 @@ from typing import Any
 # `viz.graph` as a module would shadow the function `viz.graph` on the package.
 _EXPORTS = {
     "graph": "graph_view",
+    "graph_node_info": "graph_view",
     "fusion_diff": "fusion_view",
+    "fusion_partners": "fusion_view",
     "kernel_time": "timing",
     "timeline": "timing",
     "time_ratio": "timing",
