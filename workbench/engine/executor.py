@@ -149,12 +149,8 @@ def _execute_arena(
     copied into theirs. A result of another shape (data-dependent) leaves the rest of this
     run to `_execute_general`, with fresh allocations, and is noted in `memory.stale`
     for the session to plan again. A device backend copies with its own `copy_into`."""
-    clock, sync, copyto, ndarray = (
-        time.perf_counter,
-        plan.backend.synchronize,
-        getattr(plan.backend, "copy_into", np.copyto),
-        memory.recorded.tensor,
-    )
+    clock, sync = time.perf_counter, plan.backend.synchronize
+    copyto = getattr(plan.backend, "copy_into", np.copyto)
     if times is not None:
         times.append(clock())
     for i, (step, ins, outs, out, into, expect, free) in enumerate(memory.program()):
@@ -173,7 +169,7 @@ def _execute_arena(
                 env[s] = o
         else:
             for s, o, v, shape in zip(outs, res, into, expect):
-                if shape is not None and (type(o) is not ndarray or o.shape != shape):
+                if shape is not None and getattr(o, "shape", None) != shape:
                     memory.stale.add(s)
                 elif v is not None:
                     copyto(v, o)

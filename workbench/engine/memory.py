@@ -379,6 +379,7 @@ def plan_memory(
     firsts, lasts = [born[r] for r in roots], [end[r] for r in roots]
     offsets, arena = assign_offsets([_aligned(s) for s in sizes], firsts, lasts)
     index = {r: k for k, r in enumerate(roots)}
+
     def name(s: int) -> str:  # a device plan's copies name no model value: their step's
         return plan.values[s].name if plan.values[s] is not None else steps[born[s]].node.name
 

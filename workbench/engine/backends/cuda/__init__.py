@@ -112,7 +112,7 @@ class CudaBackend(Backend):
     def copy_into(self, dst: Any, src: Any) -> None:
         """The executor's copy of a result into its arena view (a kernel that ignores `out`):
         device to device, or host to device."""
-        dst.copy_to_device(src if _launch.is_device(src) else np.ascontiguousarray(src))
+        dst.copy_to_device(src if _launch.is_device(src) else _launch.host_c(src))
 
     def synchronize(self) -> None:
         if self._timer is not None:
@@ -172,7 +172,22 @@ class CudaBackend(Backend):
             meta["device_memory"] = {"free_before": f0, "free_after": f1, "total": total}
         elif os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             meta["device_memory_note"] = "the simulator has no device memory to report"
+        meta.update(_tensor_core_meta())
         return meta
+
+
+def _tensor_core_meta() -> dict[str, Any]:
+    """Whether the tensor-core GEMM runs per precision (or why not) and, where it does, the
+    device's measured WMMA peak in TFLOP/s (once per process): the denominator of the
+    `fast_gemm.achieved` fractions."""
+    from . import fast_gemm
+
+    why = {p: fast_gemm.why_not(p) for p in ("fp16", "tf32")}
+    on = [p for p, w in why.items() if not w]
+    return {
+        "tensor_cores": {p: w or f"on, via {fast_gemm._module(p).via}" for p, w in why.items()},
+        "peak_tflops": {p: round(fast_gemm.measure_peak(p), 2) for p in on},
+    }
 
 
 BACKEND = CudaBackend()

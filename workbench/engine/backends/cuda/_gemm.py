@@ -11,7 +11,7 @@ broadcasting cost nothing. `batch` dims run over blockIdx.z. Under `tf32` the op
 rounded to tf32 (10-bit mantissa, round to nearest) as they are staged: the numerics of a
 tensor-core tf32 GEMM (with fp32 accumulation), computed on the CUDA cores — in the
 simulator too, so `wb.compare` shows realistic tf32 errors. The tensor-core kernels are
-the CUDA C fast path (`fast_gemm.py`).
+the CUDA C fast path (`fast_gemm.py`, `tensor_core.cu`).
 """
 
 from __future__ import annotations
@@ -111,6 +111,22 @@ def gemm_source(nbatch: int, e0: bool, e1: bool, act: str, tf32: bool, causal: b
     return "\n".join(lines) + "\n"
 
 
+def tensor_core_precision(precision: str) -> str:
+    """`precision` when the tensor-core GEMM runs for it here (a real GPU with pycuda),
+    else "": a kernel factory's choice, made once per node."""
+    from .fast_gemm import enabled
+
+    return precision if precision in ("fp16", "tf32") and enabled(precision) else ""
+
+
+def algorithm_name(base: str, precision: str, tensor_cores: str) -> str:
+    """`run.algorithm` of a GEMM-based kernel: the tensor-core kernel (small or oddly batched
+    shapes fall back to the tiled one per call) or the tiled one, and tf32 rounding."""
+    if tensor_cores:
+        return f"wmma-tensor-core-{tensor_cores}"
+    return base + ("-tf32" if precision == "tf32" else "")
+
+
 _TF32: Any = None
 
 
@@ -148,13 +164,26 @@ def gemm(
     activation: tuple[str, dict[str, float]] = ("{0}", {}),
     tf32: bool = False,
     causal: bool = False,
+    tensor_cores: str = "",
 ) -> Any:
     """Launch the GEMM; `a`, `b`, `c` are (batch strides, row stride, col stride) in
-    elements, E0/E1 (array, batch strides, m stride, n stride). Returns C."""
+    elements, E0/E1 (array, batch strides, m stride, n stride). Returns C.
+
+    `tensor_cores` ("fp16" or "tf32", from `tensor_core_precision`): try the WMMA kernel
+    of `fast_gemm` first; it declines shapes it does not suit and this kernel runs."""
     if M == 0 or N == 0:
         return C
     template, attrs = activation
     act = template.format("{0}", **{k: literal(v) for k, v in attrs.items()})
+    if tensor_cores:
+        from .fast_gemm import tc_gemm
+
+        done = tc_gemm(
+            A, B, C, M, N, K, batch=batch, a=a, b=b, c=c, alpha=alpha, e0=e0, beta=beta,
+            e1=e1, act=act, precision=tensor_cores, causal=causal,
+        )  # fmt: skip
+        if done:
+            return C
     nb = len(batch)
     src = gemm_source(nb, e0 is not None, e1 is not None, act, tf32, causal)
     glob: dict[str, Any] = {"TILE": TILE, "Z": Z, "ONE": ONE}

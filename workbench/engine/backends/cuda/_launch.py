@@ -36,8 +36,15 @@ def is_device(x: Any) -> bool:
     return x is not None and not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host")
 
 
+def host_c(x: Any) -> np.ndarray:
+    """`x` as a C-contiguous numpy array of its own shape (np.ascontiguousarray makes a
+    0-d array 1-d)."""
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
 def upload(x: Any) -> Any:
-    return x if is_device(x) or x is None else cuda().to_device(np.ascontiguousarray(x))
+    return x if is_device(x) or x is None else cuda().to_device(host_c(x))
 
 
 def download(x: Any) -> Any:

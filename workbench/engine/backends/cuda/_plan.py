@@ -23,7 +23,7 @@ import numpy as np
 
 from ...ir import Node
 from ..base import Kernel, dest
-from ._launch import download, is_device, upload
+from ._launch import download, host_c, is_device, upload
 from ._table import float_dtype
 
 H2D, D2H = "CopyToDevice", "CopyToHost"
@@ -40,7 +40,7 @@ def _to_device(dtype: np.dtype):
         into = dest(out)
         if into is None:
             return (upload(x),)
-        into.copy_to_device(np.ascontiguousarray(x))  # into the device arena
+        into.copy_to_device(host_c(x))  # into the device arena
         return (into,)
 
     run.writes_out = True

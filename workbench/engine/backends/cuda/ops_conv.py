@@ -11,7 +11,7 @@ import numpy as np
 
 from ..common import conv_out_size, conv_pads
 from ._elementwise import run_program
-from ._gemm import activation_expr, gemm
+from ._gemm import activation_expr, algorithm_name, gemm, tensor_core_precision
 from ._launch import broadcast_strides, empty, flat, grid, jit_source, result, writes_out
 from ._table import kernels
 
@@ -89,6 +89,7 @@ def conv(node: Node, ctx: CompileContext) -> KernelFn | None:
         params = list(node.attrs.get("activation_params", []) or [])
     act = activation_expr(name, params)
     tf32 = ctx.precision == "tf32"
+    tc = tensor_core_precision(ctx.precision)
 
     def run(x: Any, w: Any, b: Any = None, z: Any = None, out: Any = None) -> tuple:
         if len(x.shape) not in (3, 4):
@@ -131,11 +132,11 @@ def conv(node: Node, ctx: CompileContext) -> KernelFn | None:
         gemm(
             w, col, out, mg, P, kk, batch=(N, group), a=((0, mg * kk), kk, 1),
             b=((C * KH * KW * P, kk * P), P, 1), c=((M * P, mg * P), P, 1),
-            e0=e0, e1=e1, activation=act, tf32=tf32,
+            e0=e0, e1=e1, activation=act, tf32=tf32, tensor_cores=tc,
         )  # fmt: skip
         return (res,)
 
-    run.algorithm = "im2col-tiled-gemm" + ("-tf32" if tf32 else "")
+    run.algorithm = algorithm_name("im2col-tiled-gemm", ctx.precision, tc)
     return writes_out(run)
 
 
@@ -158,3 +159,80 @@ def _epilogue(out: Any, b: Any, z: Any, act: str, params: list, N: int, M: int, 
         program.append((act, (prev,), attrs))
     if program:
         run_program(program, xs, (N, M, P), out.dtype, out=out)
+
+
+CONV_TRANSPOSE = """
+def kernel(x, w, b, out, total, C, H, W, M, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, G, has_b):
+    i = cuda.grid(1)
+    if i >= total:
+        return
+    ow = i % OW
+    oh = (i // OW) % OH
+    m = (i // (OW * OH)) % M
+    n = i // (OW * OH * M)
+    cg = C // G
+    mg = M // G
+    g = m // mg
+    mm = m % mg
+    acc = float32(b[m]) if has_b else float32(0.0)
+    for kh in range(KH):
+        ty = oh + ph - kh * dh
+        if ty < 0 or ty % sh != 0 or ty // sh >= H:
+            continue
+        y = ty // sh
+        for kw in range(KW):
+            tx = ow + pw - kw * dw
+            if tx < 0 or tx % sw != 0 or tx // sw >= W:
+                continue
+            xx = tx // sw
+            for c in range(g * cg, (g + 1) * cg):
+                acc += float32(x[((n * C + c) * H + y) * W + xx]) * float32(
+                    w[((c * mg + mm) * KH + kh) * KW + kw])
+    out[i] = acc
+"""
+
+
+@kernels.register("ConvTranspose", since=1)
+def conv_transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """1-D and 2-D, explicit pads and output_padding (auto_pad and output_shape: the
+    reference): one thread per output gathers the input taps that land on it."""
+    a = node.attrs
+    ap = a.get("auto_pad", "NOTSET")
+    ap = ap.decode() if isinstance(ap, bytes) else ap
+    w = node.inputs[1]
+    if ap != "NOTSET" or a.get("output_shape") or (w.shape is not None and len(w.shape) > 4):
+        return None
+    group = int(a.get("group", 1))
+
+    def run(x: Any, w: Any, b: Any = None, out: Any = None) -> tuple:
+        nd = len(x.shape) - 2
+        if nd not in (1, 2):
+            raise ValueError(f"cuda ConvTranspose supports 1-D and 2-D, got {x.shape}")
+        k = list(a.get("kernel_shape") or w.shape[2:])
+        st = list(a.get("strides") or [1] * nd)
+        dl = list(a.get("dilations") or [1] * nd)
+        pads = list(a.get("pads") or [0] * (2 * nd))
+        op = list(a.get("output_padding") or [0] * nd)
+        sp = list(x.shape[2:])
+        outs = [
+            st[i] * (sp[i] - 1) + op[i] + (k[i] - 1) * dl[i] + 1 - pads[i] - pads[i + nd]
+            for i in range(nd)
+        ]
+        N, C = x.shape[:2]
+        M = w.shape[1] * group
+        res = result(out, (N, M, *outs), x.dtype)
+        if nd == 1:  # as 2-D with a height of one
+            sp, k, st, dl, outs = [1, *sp], [1, *k], [1, *st], [1, *dl], [1, *outs]
+            pads = [0, pads[0], 0, pads[1]]
+        total = res.size
+        if total:
+            kern = jit_source(CONV_TRANSPOSE)
+            blocks, threads = grid(total)
+            kern[blocks, threads](
+                flat(x), flat(w), flat(b if b is not None else w), flat(res), total, C, *sp, M,
+                *outs, *k, *st, pads[0], pads[1], *dl, group, b is not None,
+            )  # fmt: skip
+        return (res,)
+
+    run.algorithm = "direct-gather"
+    return writes_out(run)

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._gemm import activation_expr, gemm
+from ..base import dest
+from ._gemm import activation_expr, algorithm_name, gemm, tensor_core_precision
 from ._launch import broadcast_strides, empty, flat, grid, jit_source, result, strides, writes_out
 from ._table import kernels
-from ..base import dest
 
 if TYPE_CHECKING:
     from ...ir import Node
@@ -24,7 +24,7 @@ def _act(node: Node) -> tuple[str, dict[str, float]]:
 
 
 def matmul(
-    A: Any, B: Any, bias: Any, act: tuple, tf32: bool, dtype: Any, into: Any = None
+    A: Any, B: Any, bias: Any, act: tuple, tf32: bool, dtype: Any, into: Any = None, tc: str = ""
 ) -> Any:
     """numpy matmul semantics (1-D operands promoted, batch dims broadcast), bias along
     the last dim; written into `into` when given (the output's shape)."""
@@ -51,7 +51,7 @@ def matmul(
     gemm(
         A, B, out, M, N, K, batch=batch, a=(sa[:nb], sa[nb], sa[nb + 1]),
         b=(sb[:nb], sb[nb], sb[nb + 1]), c=(strides(out.shape)[:nb], N, 1),
-        e0=e0, activation=act, tf32=tf32,
+        e0=e0, activation=act, tf32=tf32, tensor_cores=tc,
     )  # fmt: skip
     return res
 
@@ -61,11 +61,12 @@ def matmul(
 def matmul_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     act = _act(node) if node.op_type == "FusedMatMul" else ("{0}", {})
     tf32 = ctx.precision == "tf32"
+    tc = tensor_core_precision(ctx.precision)
 
     def run(A: Any, B: Any, bias: Any = None, out: Any = None) -> tuple:
-        return (matmul(A, B, bias, act, tf32, A.dtype, dest(out)),)
+        return (matmul(A, B, bias, act, tf32, A.dtype, dest(out), tc),)
 
-    run.algorithm = "tiled-smem-gemm" + ("-tf32" if tf32 else "")
+    run.algorithm = algorithm_name("tiled-smem-gemm", ctx.precision, tc)
     return writes_out(run)
 
 
@@ -77,6 +78,7 @@ def gemm_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     ta, tb = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
     act = _act(node) if node.op_type == "FusedGemm" else ("{0}", {})
     tf32 = ctx.precision == "tf32"
+    tc = tensor_core_precision(ctx.precision)
 
     def run(A: Any, B: Any, C: Any = None, out: Any = None) -> tuple:
         M, K = (A.shape[1], A.shape[0]) if ta else A.shape
@@ -89,10 +91,10 @@ def gemm_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
             s = broadcast_strides(C.shape, (M, N))
             e0 = (C, (), s[0], s[1])
         gemm(A, B, out, M, N, K, a=a, b=b, c=((), N, 1), alpha=alpha, e0=e0, beta=beta,
-             activation=act, tf32=tf32)  # fmt: skip
+             activation=act, tf32=tf32, tensor_cores=tc)  # fmt: skip
         return (out,)
 
-    run.algorithm = "tiled-smem-gemm" + ("-tf32" if tf32 else "")
+    run.algorithm = algorithm_name("tiled-smem-gemm", ctx.precision, tc)
     return writes_out(run)
 
 
@@ -150,6 +152,7 @@ def attention_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     scale = float(node.attrs.get("scale", 0.0))
     causal = bool(int(node.attrs.get("causal", 0)))
     tf32 = ctx.precision == "tf32"
+    tc = tensor_core_precision(ctx.precision)
 
     def run(Q: Any, K: Any, V: Any, mask: Any = None, out: Any = None) -> tuple:
         b, sq, hd = Q.shape
@@ -165,15 +168,15 @@ def attention_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
         gemm(
             Q, K, scores, sq, sk, d, batch=(b, heads), a=((sq * hd, d), hd, 1),
             b=((sk * hd, d), 1, hd), c=((heads * sq * sk, sq * sk), sk, 1), alpha=s,
-            e0=e0, tf32=tf32, causal=causal,
+            e0=e0, tf32=tf32, causal=causal, tensor_cores=tc,
         )  # fmt: skip
         probs = softmax(scores, -1, out=scores)  # in place: one thread reads its row first
         out = result(out, (b, sq, hdv), Q.dtype)
         gemm(
             probs, V, out, sq, dv, sk, batch=(b, heads), a=((heads * sq * sk, sq * sk), sk, 1),
-            b=((sk * hdv, dv), hdv, 1), c=((sq * hdv, dv), hdv, 1), tf32=tf32,
+            b=((sk * hdv, dv), hdv, 1), c=((sq * hdv, dv), hdv, 1), tf32=tf32, tensor_cores=tc,
         )  # fmt: skip
         return (out,)
 
-    run.algorithm = "gemm-softmax-gemm"
+    run.algorithm = "gemm-softmax-gemm" + (f" (wmma-{tc})" if tc else "")
     return writes_out(run)

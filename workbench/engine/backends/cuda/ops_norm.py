@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..common import conv_out_size, conv_pads
-from ._elementwise import run_program
 from ..base import dest
+from ..common import conv_pads
+from ._elementwise import run_program
 from ._launch import empty, flat, grid, jit_source, result, strides, writes_out
 from ._table import const_of, kernels
 
@@ -94,9 +94,23 @@ def layernorm(node: Node, ctx: CompileContext) -> KernelFn | None:
     return writes_out(run, (0,))  # one thread per row, its elements read before written
 
 
+# op -> (initial value, accumulation, the output from `acc` and `count`)
+REDUCE_OPS = {
+    "sum": ("float32(0.0)", "acc += v", "acc"),
+    "mean": ("float32(0.0)", "acc += v", "acc / count"),
+    "max": ("float32(-math.inf)", "acc = max(acc, v)", "acc"),
+    "min": ("float32(math.inf)", "acc = min(acc, v)", "acc"),
+    "prod": ("float32(1.0)", "acc *= v", "acc"),
+    "l1": ("float32(0.0)", "acc += abs(v)", "acc"),
+    "l2": ("float32(0.0)", "acc += v * v", "math.sqrt(acc)"),
+    "sumsquare": ("float32(0.0)", "acc += v * v", "acc"),
+    # a second pass: the max first (`mx`), so exp never overflows
+    "logsumexp": ("float32(0.0)", "acc += math.exp(v - mx)", "mx + math.log(acc)"),
+}
+
+
 def _reduce_source(op: str, nkeep: int, nred: int) -> str:
-    init = {"max": "float32(-math.inf)", "min": "float32(math.inf)"}.get(op, "float32(0.0)")
-    step = {"max": "acc = max(acc, v)", "min": "acc = min(acc, v)"}.get(op, "acc += v")
+    init, step, final = REDUCE_OPS[op]
     lines = ["def kernel(x, out, total, kshape, kstr, rshape, rstr, count):"]
     lines += [
         "    i = cuda.grid(1)",
@@ -111,17 +125,18 @@ def _reduce_source(op: str, nkeep: int, nred: int) -> str:
             f"    r = r // kshape[{d}]",
             f"    base += c * kstr[{d}]",
         ]
-    lines += [
-        f"    acc = {init}",
-        "    for j in range(count):",
-        "        r = j",
-        "        p = base",
-    ]
-    for d in reversed(range(nred)):
-        lines += [f"        c = r % rshape[{d}]", f"        r = r // rshape[{d}]"]
-        lines += [f"        p += c * rstr[{d}]"]
-    lines += ["        v = float32(x[p])", f"        {step}"]
-    lines.append("    out[i] = acc / count" if op == "mean" else "    out[i] = acc")
+
+    def loop(body: str) -> list[str]:
+        out = ["    for j in range(count):", "        r = j", "        p = base"]
+        for d in reversed(range(nred)):
+            out += [f"        c = r % rshape[{d}]", f"        r = r // rshape[{d}]"]
+            out += [f"        p += c * rstr[{d}]"]
+        return [*out, "        v = float32(x[p])", f"        {body}"]
+
+    if op == "logsumexp":
+        lines += ["    mx = float32(-math.inf)", *loop("mx = max(mx, v)")]
+        lines += ["    if mx == float32(-math.inf):", "        mx = float32(0.0)"]
+    lines += [f"    acc = {init}", *loop(step), f"    out[i] = {final}"]
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +164,11 @@ def reduce(x: Any, axes: list[int] | None, keepdims: bool, op: str, out: Any = N
     return out
 
 
-@kernels.register(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"], since=1)
+REDUCES = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1"]
+REDUCES += ["ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"]
+
+
+@kernels.register(REDUCES, since=1)
 def reduce_kernel(node: Node, ctx: CompileContext) -> KernelFn | None:
     op = node.op_type[6:].lower()
     from_input = (node.op_type == "ReduceSum" and ctx.opset >= 13) or ctx.opset >= 18
@@ -179,8 +198,10 @@ def global_pool(node: Node, ctx: CompileContext) -> KernelFn | None:
     return writes_out(run)
 
 
+# count_include_pad divides by the taps inside input + explicit pads (a ceil_mode window
+# may reach past the end pad: those taps do not count), else by the taps inside the input
 POOL = """
-def kernel(x, out, total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, is_max, incl):
+def kernel(x, out, total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, is_max, incl, peh, pew):
     i = cuda.grid(1)
     if i >= total:
         return
@@ -189,6 +210,7 @@ def kernel(x, out, total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, is_max, 
     nc = i // (OW * OH)
     acc = float32(-math.inf) if is_max else float32(0.0)
     n = 0
+    padded = 0
     for kh in range(KH):
         y = oh * sh - ph + kh * dh
         for kw in range(KW):
@@ -197,19 +219,32 @@ def kernel(x, out, total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, is_max, 
                 v = float32(x[(nc * H + y) * W + xx])
                 acc = max(acc, v) if is_max else acc + v
                 n += 1
+            if y >= -ph and y < H + peh and xx >= -pw and xx < W + pew:
+                padded += 1
     if is_max:
         out[i] = acc
     elif incl:
-        out[i] = acc / (KH * KW)
+        out[i] = acc / max(padded, 1)
     else:
         out[i] = acc / max(n, 1)
 """
 
 
+def pool_out(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil: bool) -> int:
+    """Output length of a pool (the ONNX/PyTorch ceil_mode rule: the last window must start
+    inside the input or its begin padding)."""
+    room = size + pb + pe - ((k - 1) * d + 1)
+    if not ceil:
+        return room // s + 1
+    o = -(-room // s) + 1
+    return o - 1 if (o - 1) * s >= size + pb else o
+
+
 @kernels.register(["MaxPool", "AveragePool"], since=1)
 def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
-    if len([o for o in node.outputs if o.name]) > 1 or int(node.attrs.get("ceil_mode", 0)):
-        return None  # Indices, ceil_mode: the reference handles them
+    if len([o for o in node.outputs if o.name]) > 1:
+        return None  # Indices: the reference makes them
+    ceil = bool(int(node.attrs.get("ceil_mode", 0)))
     kernel = list(node.attrs["kernel_shape"])
     if len(kernel) not in (1, 2) or int(node.attrs.get("storage_order", 0)):
         return None
@@ -228,8 +263,10 @@ def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
         else:
             geo = (*x.shape[2:], *kernel, *st, *dl, *pads)
         H, W, KH, KW, sh, sw, dh, dw, ph, pw, peh, pew = geo
-        OH = conv_out_size(H, KH, sh, dh, ph, peh)
-        OW = conv_out_size(W, KW, sw, dw, pw, pew)
+        if ap in ("SAME_UPPER", "SAME_LOWER"):
+            OH, OW = -(-H // sh), -(-W // sw)
+        else:
+            OH, OW = pool_out(H, KH, sh, dh, ph, peh, ceil), pool_out(W, KW, sw, dw, pw, pew, ceil)
         out_shape = (*x.shape[:2], OH, OW) if nd == 2 else (*x.shape[:2], OW)
         out = result(out, out_shape, x.dtype)
         total = out.size
@@ -238,8 +275,93 @@ def pool(node: Node, ctx: CompileContext) -> KernelFn | None:
             blocks, threads = grid(total)
             k[blocks, threads](
                 flat(x), flat(out), total, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw,
-                is_max, incl,
+                is_max, incl, peh, pew,
             )  # fmt: skip
         return (out,)
 
     return writes_out(run)
+
+
+ARG = """
+def kernel(x, out, total, n, inner, is_max, last):
+    i = cuda.grid(1)
+    if i >= total:
+        return
+    base = (i // inner) * n * inner + i % inner
+    best = float32(x[base])
+    k = 0
+    for j in range(1, n):
+        v = float32(x[base + j * inner])
+        better = v > best if is_max else v < best
+        if better or (last and v == best):
+            best = v
+            k = j
+    out[i] = k
+"""
+
+
+@kernels.register(["ArgMax", "ArgMin"], since=1)
+def argmax(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """One thread per output: the first (or, `select_last_index`, the last) extreme along
+    `axis`, as int64."""
+    axis = int(node.attrs.get("axis", 0))
+    keepdims = bool(int(node.attrs.get("keepdims", 1)))
+    last = bool(int(node.attrs.get("select_last_index", 0)))
+    is_max = node.op_type == "ArgMax"
+
+    def run(x: Any, out: Any = None) -> tuple:
+        a = axis % len(x.shape)
+        shape = list(x.shape)
+        shape[a] = 1
+        if not keepdims:
+            del shape[a]
+        res = result(out, shape, np.int64)
+        inner = int(np.prod(x.shape[a + 1 :]))
+        if res.size:
+            k = jit_source(ARG)
+            blocks, threads = grid(res.size)
+            k[blocks, threads](flat(x), flat(res), res.size, x.shape[a], inner, is_max, last)
+        return (res,)
+
+    return writes_out(run)
+
+
+INSTANCE_NORM = """
+def kernel(x, g, b, out, rows, n, C, eps):
+    i = cuda.grid(1)
+    if i >= rows:
+        return
+    base = i * n
+    c = i % C
+    s = float32(0.0)
+    for j in range(n):
+        s += float32(x[base + j])
+    mean = s / n
+    v = float32(0.0)
+    for j in range(n):
+        d = float32(x[base + j]) - mean
+        v += d * d
+    scale = float32(g[c]) / math.sqrt(v / n + eps)
+    shift = float32(b[c])
+    for j in range(n):
+        out[base + j] = (float32(x[base + j]) - mean) * scale + shift
+"""
+
+
+@kernels.register("InstanceNormalization", since=6)
+def instance_norm(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """One thread per (n, c): mean and variance over the spatial dims in fp32."""
+    eps = np.float32(node.attrs.get("epsilon", 1e-5))
+
+    def run(x: Any, g: Any, b: Any, out: Any = None) -> tuple:
+        res = result(out, x.shape, x.dtype)
+        C = x.shape[1]
+        rows = x.shape[0] * C
+        n = x.size // max(rows, 1)
+        if rows and n:
+            k = jit_source(INSTANCE_NORM)
+            blocks, threads = grid(rows)
+            k[blocks, threads](flat(x), flat(g), flat(b), flat(res), rows, n, C, eps)
+        return (res,)
+
+    return writes_out(run, (0,))  # one thread per row reads each element before writing it

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..base import dest
 from ._elementwise import copy_strided, run_program
 from ._launch import broadcast_strides, flat, grid, jit_source, result, strides, writes_out
 from ._table import const_of, kernels
-from ..base import dest
 
 if TYPE_CHECKING:
     from ...ir import Node
