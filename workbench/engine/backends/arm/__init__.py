@@ -96,8 +96,11 @@ class ArmBackend(Backend):
         if base is None:
             return None
         run = fp16.storage_fp16(base)
-        if _accumulate.get() == "fp16":
-            run = fp16.acc16_kernel(rounded, ctx32, run) or run
+        acc16 = fp16.acc16_kernel(rounded, ctx32, run)  # None: not a contraction
+        if acc16 is not None and _accumulate.get() == "fp16":
+            run = acc16
+        elif acc16 is not None:
+            run.algorithm += "-acc32"
         return Kernel(run, self.name, node.op_type, run.algorithm, source=spec.source)
 
 
