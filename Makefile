@@ -40,6 +40,8 @@ format: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test lint
 	$(PY) -m pytest -m "not slow" --ignore=tests/cuda $(PYTEST_ARGS)
+	# The teaching notebooks, executed; cells marked NBVAL_CHECK_OUTPUT must match.
+	$(PY) -m pytest --nbval-lax notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 	# The CUDA kernels under numba's simulator: numba reads the switch at import, so the
 	# group runs in a process of its own (on a machine with a GPU it runs for real).
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cuda -q $(PYTEST_ARGS)
