@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - creates .venv, installs workbench, runs the main job on a built-in model
+#                 and writes report.html (graph, fusions, timing, memory, accuracy)
 #   make test   - creates or reuses .venv, installs the test extras, runs the whole suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,6 +30,8 @@ endif
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/workbench run
+	$(VENV)/bin/workbench report -o report.html
+	@echo "open report.html in a browser (self-contained, works offline)"
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check workbench tests benchmarks scripts

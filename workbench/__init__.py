@@ -84,6 +84,10 @@ def load_ipython_extension(ipython: Any) -> None:
 def __getattr__(name: str):
     # The zoo builds big models with onnx.helper, viz and widgets import plotly and
     # ipywidgets: each is imported only when asked for.
+    if name == "connect":  # wb.connect("tcp://HOST:8786"): a remote ARM board via Dask
+        from .remote import connect
+
+        return connect
     if name in ("zoo", "viz", "widgets"):
         import importlib
 
@@ -111,6 +115,7 @@ __all__ = [
     "WorkbenchError",
     "backends",
     "compare",
+    "connect",
     "get_backend",
     "load",
     "machine_info",
