@@ -82,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not info.available:
             skipped.append(f"{info.name}: {info.reason}")
             continue
+        if info.mode == "emulated" and not wanted:  # minutes under QEMU: only when asked for
+            skipped.append(f"{info.name}: emulated here (slow); name it in --backends to run it")
+            continue
         t0 = time.perf_counter()
         level = 0 if info.name == "reference" else args.level  # the reference runs as given
         sess = wb.Session(model, info.name, level=level)

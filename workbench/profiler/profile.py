@@ -532,6 +532,11 @@ class Profile:
             f"  kernels {kms:.3f} ms ({len(self.kernels)} kernels, {fb} fallbacks), "
             f"outside kernels {over:.3f} ms ({share:.1f}%)",
         ]
+        if self.meta.get("emulated"):
+            lines.insert(
+                1,
+                "  timings EMULATED (QEMU user-mode): relative between kernels only, not ARM speed",
+            )
         gflop = self.flops / 1e9
         rate = gflop / (lat["median"] / 1e3) if lat["median"] else math.nan
         line = f"  {gflop:.3f} GFLOP, {rate:.1f} GFLOP/s achieved"
