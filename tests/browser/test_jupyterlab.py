@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"jupyter lab did not answer within {START_TIMEOUT_S} s")
             time.sleep(0.5)
-        yield {"base": base, "token": token, "log": tmp_path / "jupyterlab.log"}
+        yield {"base": base, "token": token, "log": tmp_path / "jupyterlab.log", "root": root}
     finally:
         proc.terminate()  # the server stops its kernels on SIGTERM
         try:
@@ -277,3 +278,35 @@ def test_explorer_in_jupyterlab(page: Any, lab: dict[str, Any], tmp_path: Path) 
     p.wait_for_timeout(800)  # let the highlight and the histogram draw
     shot = page.screenshot("explorer.png", tmp_path)
     assert shot.stat().st_size < 400_000
+
+
+REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+# plotly figures that drew their SVG, and how many
+_FIGURES_DRAWN_JS = """
+() => [...document.querySelectorAll('.js-plotly-plot')]
+  .filter(g => g.querySelector('.main-svg') && g.data && g.data.length).length
+"""
+
+
+def test_fusion_notebook_renders_its_figures(page: Any, lab: dict[str, Any]) -> None:
+    """Lesson 02 of the course, run in JupyterLab: every cell runs and its figures draw."""
+    import nbformat
+
+    src = REPO_NOTEBOOKS / "02_fusion_passes.ipynb"
+    nb = nbformat.read(str(src), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    # the figures it shows (each such cell shows one): the fusion view at least
+    n_figures = sum("wb.viz." in c.source for c in code)
+    assert n_figures >= 1, "lesson 02 should show the fusion view"
+    shutil.copyfile(src, lab["root"] / src.name)
+    p = page.page
+    p.goto(f"{lab['base']}/lab/tree/{src.name}?token={lab['token']}")
+    p.wait_for_function("() => window.jupyterapp && jupyterapp.shell.currentWidget", timeout=60000)
+    p.wait_for_selector(".jp-NotebookPanel .jp-CodeCell", timeout=60000)
+    p.wait_for_function(_KERNEL_IDLE_JS, timeout=60000)
+    p.evaluate("() => jupyterapp.commands.execute('notebook:run-all-cells')")
+    _wait_until_run(p, len(code))
+    assert _outputs_with_errors(p) == []
+    # windowing is off (the lab fixture's settings), so every output is in the DOM
+    p.wait_for_function(f"() => ({_FIGURES_DRAWN_JS})() >= {n_figures}", timeout=60000)
