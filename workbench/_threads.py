@@ -1,5 +1,6 @@
-"""One thread setting for every pool the kernels use: OpenBLAS (numpy's matmul), numba and
-OpenMP agree on it.
+"""One thread setting for every pool the kernels use: the x86 kernels' own pool
+(backends/x86/_parallel.py), numba and OpenMP agree on it, and BLAS runs one thread per
+call because the kernels split their GEMMs over the pool themselves (see there why).
 
     from workbench import _threads
     _threads.apply()          # WORKBENCH_THREADS, else all usable CPUs, else 1 when busy
@@ -155,11 +156,12 @@ def choose(threads: int | None = None) -> tuple[int, str]:
 
 
 def apply(threads: int | None = None) -> int:
-    """Set OpenBLAS, numba and the OMP/BLAS environment to one thread count; returns it."""
+    """Set the kernels' pool, numba and the OMP environment to one thread count (BLAS to
+    one thread per call: the pool splits its work); returns the count."""
     n, why = choose(threads)
     for var in _VARS:
         os.environ[var] = str(n)
-    _set_blas(n)
+    _set_blas(1)
     _set_numba(n)
     _state.update(threads=n, source=why, loadavg=loadavg())
     return n
@@ -173,9 +175,9 @@ def current() -> int:
 
 
 def info() -> dict[str, Any]:
-    """What `apply` chose and why, for a profile's meta: threads, source ("argument",
-    "WORKBENCH_THREADS", "busy": fell back to one thread, "cpus"), the load average it saw,
-    the usable CPUs, and what BLAS reports now."""
+    """What `apply` chose and why, for a profile's meta: threads (the kernels' pool),
+    source ("argument", "WORKBENCH_THREADS", "busy": fell back to one thread, "cpus"), the
+    load average it saw, the usable CPUs, and what BLAS reports now (1: one per call)."""
     return {**_state, "usable_cpus": usable_cpus(), "blas_threads": blas_threads()}
 
 

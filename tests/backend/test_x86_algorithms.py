@@ -11,7 +11,7 @@ import pytest
 
 import workbench as wb
 from workbench import _threads
-from workbench.engine.backends.x86 import autotune
+from workbench.engine.backends.x86 import _parallel, autotune
 from workbench.testing import assert_close, node_model, run_node
 
 rng = np.random.default_rng(11)
@@ -23,12 +23,18 @@ def f32(*shape: int) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    """Each test selects against an empty cache of its own, with the default settings."""
+    """Each test selects against an empty cache of its own, with the default settings, on
+    two threads with every kernel's work split (however small), so that the split paths
+    of every algorithm meet the odd shapes below."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     monkeypatch.delenv("WORKBENCH_AUTOTUNE", raising=False)
     monkeypatch.delenv("WORKBENCH_ALGORITHM", raising=False)
     autotune.clear_memory()
-    yield
+    saved = _threads.current()
+    _threads.apply(2)
+    with _parallel.always_split():
+        yield
+    _threads.apply(saved)
     autotune.clear_memory()
 
 
@@ -215,10 +221,12 @@ def test_thread_setting_reaches_blas_and_numba(monkeypatch):
     try:
         assert _threads.apply(1) == 1
         assert _threads.blas_threads() == 1 and numba.get_num_threads() == 1
-        assert _threads.info()["source"] == "argument"
+        assert _threads.info()["source"] == "argument" and _parallel.threads() == 1
         if _threads.usable_cpus() >= 2 and numba.config.NUMBA_NUM_THREADS >= 2:
             _threads.apply(2)
-            assert _threads.blas_threads() == 2 and numba.get_num_threads() == 2
+            # the kernels split their own work over 2 threads; BLAS runs one per call
+            assert _threads.blas_threads() == 1 and numba.get_num_threads() == 2
+            assert _parallel.threads() == 2
         monkeypatch.setenv("WORKBENCH_THREADS", "3")
         assert _threads.choose() == (3, "WORKBENCH_THREADS")
         monkeypatch.delenv("WORKBENCH_THREADS")

@@ -96,6 +96,7 @@ def load(
         raw = bytes(source)
         proto, label = _parse(raw, "<bytes>"), "<bytes>"
         digest = hashlib.sha256(raw).hexdigest()
+        del raw
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = str(path)
@@ -110,6 +111,7 @@ def load(
             raise ModelLoadError(f"{label}: cannot read the file: {e.strerror or e}") from None
         proto = _parse(raw, label)
         digest = hashlib.sha256(raw).hexdigest()
+        del raw  # the file's bytes, the proto and the arrays made from it: two at a time
         base_dir = path.parent
     else:
         raise ModelLoadError(

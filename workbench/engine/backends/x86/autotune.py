@@ -47,6 +47,10 @@ MIN_FLOPS = 4e6  # below this a node takes the heuristic default without measuri
 # bounded; WORKBENCH_AUTOTUNE_BUDGET (seconds) changes it
 PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
 
+# part of every cache key: bumped when the candidates' implementations change, so that
+# choices measured on the old ones are not reused
+CACHE_VERSION = 3
+
 Builder = Callable[[], Callable[..., Any]]
 
 _lock = threading.Lock()
@@ -155,7 +159,8 @@ def clear_memory() -> None:
 
 
 def cache_key(op: str, shapes: Any, attrs: Any, dtype: str = "float32") -> str:
-    return json.dumps([op, shapes, attrs, dtype, _threads.current()], sort_keys=True, default=str)
+    key = [op, shapes, attrs, dtype, _threads.current(), CACHE_VERSION]
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 # -- measuring ----------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Conv picks one algorithm per node from its static attributes and weight shape an
 records it as `run.algorithm`:
 
 - ``gemm_1x1``: 1x1 kernel, stride 1, no padding; the input already is the GEMM operand.
-- ``depthwise``: one input channel per group; a direct numba loop (GEMM would be K=k*k).
+- ``depthwise``: one input channel per group; a direct numba loop over phase planes of
+  the padded image (GEMM would be K=k*k; see `_depthwise`).
 - ``im2col_gemm``: numba packs the windows into columns, one GEMM per image.
 - ``grouped_im2col_gemm``: the same columns, one GEMM per group (a stacked matmul).
 - ``generic``: 3-D and higher, or non-float32 tensors at run time: numpy windows.
@@ -15,6 +16,10 @@ the first call) and keeps the fastest, its weight packed its way: ``im2col_gemm_
 ``gemm_1x1_t`` (BLAS computes the transposed product), ``winograd_f2`` / ``winograd_f4``
 (winograd.py; 3x3 stride 1), ``grouped_im2col_gemm`` for depthwise; ``generic`` only
 when forced by name. `run.algorithm` and `run.candidates` then say what it chose.
+
+Every algorithm splits its work over the kernels' threads (_parallel.py): im2col by input
+channels, the GEMM by output positions (or by output channels when there are few),
+depthwise by channels, Winograd phase by phase.
 
 ConvTranspose is a GEMM (weights^T x input) followed by a numba col2im scatter-add
 (``gemm_col2im``). 1-D tensors run as 2-D ones of height 1. The float32 paths write into
@@ -31,7 +36,7 @@ import numpy as np
 from ...memory_guard import check_size
 from ..base import deliver, dest
 from ..common import conv_out_size, conv_pads
-from . import autotune, winograd
+from . import _parallel, autotune, winograd
 from ._numba import (
     all_f32,
     const_input,
@@ -44,6 +49,7 @@ from ._numba import (
     valid_range,
 )
 from ._table import kernels
+from .ops_gemm import grain
 
 if TYPE_CHECKING:
     from ...ir import Node
@@ -83,33 +89,88 @@ def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
 
 
 @njit
-def _depthwise(x, w, b, nb, nc, h, wd, nm, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, y):
-    """Direct convolution where output channel m reads input channel m // (nm // nc) only
-    (x (N, C, H, W), w (M, kh, kw) and y (N, M, OH, OW), all flat)."""
-    mult = nm // nc
-    for n in range(nb):
-        for m in range(nm):
-            xb = (n * nc + m // mult) * h * wd
-            yb = (n * nm + m) * oh * ow
-            for q in range(oh * ow):
-                y[u64(yb + q)] = b[m]
-            for i in range(kh):
-                for j in range(kw):
-                    wv = w[(m * kh + i) * kw + j]
-                    off = j * dw - pl
-                    lo, hi = valid_range(off, sw, wd, ow)
-                    for p in range(oh):
-                        ih = p * sh - pt + i * dh
-                        if ih < 0 or ih >= h:
-                            continue
-                        src = xb + ih * wd + off
-                        dst = yb + p * ow
-                        if sw == 1:
-                            for q in range(lo, hi):
-                                y[u64(dst + q)] += wv * x[u64(src + q)]
-                        else:
-                            for q in range(lo, hi):
-                                y[u64(dst + q)] += wv * x[u64(src + q * sw)]
+def _depthwise(x, w, b, m0, m1, mult, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, y):
+    """Direct convolution of output channels m0..m1-1 of one image, where output channel m
+    reads input channel m // mult only (x (C, H, W), w (M, kh, kw), y (M, OH, OW), flat).
+
+    Each input channel is first split into sh x sw phase planes of the zero-padded image
+    (plane (a, c) holds the pixels at rows = a, columns = c modulo the strides), so every
+    tap reads one plane at a constant offset from the output position: the tap loops then
+    run over a whole plane of outputs (oh rows of ws, the last ws - ow columns computed
+    and dropped) as one long contiguous loop LLVM vectorizes, instead of rows of a few
+    pixels, with no bounds checks. Any stride and dilation."""
+    hs = oh + ((kh - 1) * dh) // sh  # plane rows and columns that the taps reach
+    ws = ow + ((kw - 1) * dw) // sw
+    size = hs * ws + ws  # (+ ws: the dropped columns of the last row read past the end)
+    planes = np.zeros(sh * sw * size, np.float32)
+    acc = np.empty(oh * ws, np.float32)
+    offs = np.empty(kh * kw, np.int64)  # each tap's plane and offset in `planes`
+    n_out = oh * ws
+    for m in range(m0, m1):
+        xb = (m // mult) * h * wd
+        for a in range(sh):
+            for c in range(sw):
+                pb = (a * sw + c) * size
+                for r in range(hs):
+                    ih = r * sh + a - pt
+                    dst = pb + r * ws
+                    if ih < 0 or ih >= h:
+                        for q in range(ws):
+                            planes[u64(dst + q)] = 0.0
+                        continue
+                    lo, hi = valid_range(c - pl, sw, wd, ws)
+                    for q in range(lo):
+                        planes[u64(dst + q)] = 0.0
+                    src = xb + ih * wd + c - pl
+                    if sw == 1:  # (a contiguous copy: vectorized)
+                        for q in range(lo, hi):
+                            planes[u64(dst + q)] = x[u64(src + q)]
+                    else:
+                        for q in range(lo, hi):
+                            planes[u64(dst + q)] = x[u64(src + q * sw)]
+                    for q in range(hi, ws):
+                        planes[u64(dst + q)] = 0.0
+        bv = b[m]
+        for t in range(kh * kw):
+            i, j = t // kw, t % kw
+            ri, cj = i * dh, j * dw
+            offs[t] = ((ri % sh) * sw + cj % sw) * size + (ri // sh) * ws + cj // sw
+        wb = m * kh * kw
+        if kh * kw == 9:  # 3x3: all taps in one pass, the sum kept in registers
+            o0, o1, o2, o3, o4, o5, o6, o7, o8 = (
+                offs[0],
+                offs[1],
+                offs[2],
+                offs[3],
+                offs[4],
+                offs[5],
+                offs[6],
+                offs[7],
+                offs[8],
+            )
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = (
+                w[wb], w[wb + 1], w[wb + 2], w[wb + 3], w[wb + 4],
+                w[wb + 5], w[wb + 6], w[wb + 7], w[wb + 8],
+            )  # fmt: skip
+            for k in range(n_out):
+                acc[u64(k)] = (
+                    bv + w0 * planes[u64(o0 + k)] + w1 * planes[u64(o1 + k)]
+                    + w2 * planes[u64(o2 + k)] + w3 * planes[u64(o3 + k)]
+                    + w4 * planes[u64(o4 + k)] + w5 * planes[u64(o5 + k)]
+                    + w6 * planes[u64(o6 + k)] + w7 * planes[u64(o7 + k)]
+                    + w8 * planes[u64(o8 + k)]
+                )  # fmt: skip
+        else:
+            for k in range(n_out):
+                acc[u64(k)] = bv
+            for t in range(kh * kw):
+                wv, off = w[wb + t], offs[t]
+                for k in range(n_out):
+                    acc[u64(k)] += wv * planes[u64(off + k)]
+        yb = m * oh * ow
+        for p in range(oh):
+            for q in range(ow):
+                y[u64(yb + p * ow + q)] = acc[u64(p * ws + q)]
 
 
 @njit
@@ -294,39 +355,79 @@ def _conv_f32(
     alg = alg or g.algorithm
     if alg == "depthwise":
         bias = f32c(b) if b is not None else np.zeros(g.m, np.float32)
-        _depthwise(
-            x4.reshape(-1), wg.reshape(-1), bias, g.n, g.c, g.h, g.w, g.m, g.kh, g.kw,
-            g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, y.reshape(-1),
-        )  # fmt: skip
+        wf, mult = wg.reshape(-1), g.m // g.c
+        for n in range(g.n):
+            xf, yf = x4[n].reshape(-1), y[n].reshape(-1)
+
+            def part(lo: int, hi: int, xf=xf, yf=yf) -> None:
+                _depthwise(
+                    xf, wf, bias, lo, hi, mult, g.h, g.w, g.kh, g.kw,
+                    g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, yf,
+                )  # fmt: skip
+
+            per = g.kh * g.kw * g.oh * g.ow  # multiply-adds per channel
+            _parallel.for_ranges(part, g.m, max(1, (1 << 17) // max(1, per)))
         return y
     p = g.oh * g.ow
-    if alg == "gemm_1x1_t":
+    if alg in ("gemm_1x1_t", "gemm_1x1") and g.group == 1:
         for n in range(g.n):
-            np.matmul(x4[n].reshape(g.c, p).T, wg[0].T, out=y[n].reshape(g.m, p).T)
+            conv_gemm(wg[0], x4[n].reshape(g.c, p), y[n].reshape(g.m, p), alg.endswith("_t"))
     elif alg == "gemm_1x1":
-        if g.group == 1:
-            np.matmul(wg[0], x4.reshape(g.n, g.c, p), out=y.reshape(g.n, g.m, p))
-        else:
-            xg = x4.reshape(g.n, g.group, g.cg, p)
-            np.matmul(wg, xg, out=y.reshape(g.n, g.group, g.m // g.group, p))
+        xg = x4.reshape(g.n, g.group, g.cg, p)
+        np.matmul(wg, xg, out=y.reshape(g.n, g.group, g.m // g.group, p))
     else:
         kk = g.cg * g.kh * g.kw
         col = scratch((g.c * g.kh * g.kw, p), "Conv im2col buffer")
         for n in range(g.n):
-            _im2col(
-                x4[n].reshape(-1), g.c, g.h, g.w, g.kh, g.kw,
-                g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, col.reshape(-1),
-            )  # fmt: skip
-            if alg == "im2col_gemm_t":
-                np.matmul(col.T, wg[0].T, out=y[n].reshape(g.m, p).T)
-            elif g.group == 1:
-                np.matmul(wg[0], col, out=y[n].reshape(g.m, p))
+            im2col(x4[n], g, col)
+            if g.group == 1:
+                conv_gemm(wg[0], col, y[n].reshape(g.m, p), alg == "im2col_gemm_t")
             else:
                 out = y[n].reshape(g.group, g.m // g.group, p)
                 np.matmul(wg, col.reshape(g.group, kk, p), out=out)
     if b is not None:
         y += b.reshape(1, g.m, 1, 1)
     return y
+
+
+def im2col(x3: np.ndarray, g: _ConvGeom, col: np.ndarray) -> None:
+    """col (C*kh*kw, OH*OW) = the windows of one image x3 (C, H, W), channels split over
+    the threads."""
+    rows = g.kh * g.kw
+
+    def part(lo: int, hi: int) -> None:
+        _im2col(
+            x3[lo:hi].reshape(-1), hi - lo, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+            g.pt, g.pl, g.oh, g.ow, col[lo * rows : hi * rows].reshape(-1),
+        )  # fmt: skip
+
+    _parallel.for_ranges(part, g.c, max(1, (1 << 15) // (rows * g.oh * g.ow)))
+
+
+def conv_gemm(w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, transposed: bool) -> None:
+    """y2 (M, P) = w2 (M, K) @ x2 (K, P), split over the threads by output positions when
+    there are many (each thread reads its part of x2, all of w2), else by output channels.
+    `transposed`: BLAS computes y2^T = x2^T w2^T (it packs the operands the other way)."""
+    m, k = w2.shape
+    p = x2.shape[1]
+    if p >= 256:
+
+        def part(lo: int, hi: int) -> None:
+            if transposed:
+                np.matmul(x2[:, lo:hi].T, w2.T, out=y2[:, lo:hi].T)
+            else:
+                np.matmul(w2, x2[:, lo:hi], out=y2[:, lo:hi])
+
+        _parallel.for_ranges(part, p, grain(2.0 * m * k), align=16)
+    else:
+
+        def part(lo: int, hi: int) -> None:
+            if transposed:
+                np.matmul(x2.T, w2[lo:hi].T, out=y2[lo:hi].T)
+            else:
+                np.matmul(w2[lo:hi], x2, out=y2[lo:hi])
+
+        _parallel.for_ranges(part, m, grain(2.0 * k * p))
 
 
 def _pack_conv_weight(w: np.ndarray, group: int) -> np.ndarray:

@@ -26,11 +26,11 @@ from numba.extending import intrinsic
 
 from ...ir import Node, Value
 from ..base import CompileContext
-from . import autotune
+from . import _parallel, autotune
 from ._numba import const_input, declines_dtype, njit, u64
 from ._table import kernels
-from .ops_activation import _E  # the x86 Erf kernel's float64 polynomial (see there)
 from .ops_conv import conv as plain_conv
+from .ops_fused_transformer import _erf  # the x86 Erf kernel's polynomial, split in two chains
 from .ops_gemm import gemm as plain_gemm
 from .ops_gemm import matmul as plain_matmul
 
@@ -73,9 +73,6 @@ _EXP_P = [np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073
 _P0, _P1, _P2, _P3, _P4, _P5 = _EXP_P
 # beyond these exp is inf (float32 max is e^88.7228) or below the smallest subnormal
 _EXP_HI, _EXP_LO = np.float32(88.72284), np.float32(-103.97282)
-# numba folds module-level floats into the code; a tuple indexed in a loop it does not
-_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = _E[:10]
-_E10, _E11, _E12, _E13, _E14, _E15, _E16, _E17, _E18 = _E[10:]
 
 
 @intrinsic
@@ -107,21 +104,6 @@ def _exp(x):  # pragma: no cover - compiled
     e = (p * r * r + r + _ONE) * _pow2(k1) * _pow2(k2)
     e = _INF if big else e
     return _ZERO if tiny else e
-
-
-@njit(inline="always")
-def _erf_poly(a):  # pragma: no cover - compiled
-    """erf(a) for float64 a, |a| clamped to 4: the polynomial of the x86 Erf kernel."""
-    m = math.fabs(a)
-    m = 4.0 if m > 4.0 else m
-    t = m * m * 0.125 - 1.0
-    p = ((_E18 * t + _E17) * t + _E16) * t + _E15
-    p = ((p * t + _E14) * t + _E13) * t + _E12
-    p = ((p * t + _E11) * t + _E10) * t + _E9
-    p = ((p * t + _E8) * t + _E7) * t + _E6
-    p = ((p * t + _E5) * t + _E4) * t + _E3
-    p = ((p * t + _E2) * t + _E1) * t + _E0
-    return math.copysign(m * p, a)
 
 
 # -- the epilogue -------------------------------------------------------------------------------
@@ -170,7 +152,7 @@ def _activate(y, lo, hi, act, p0, p1):  # pragma: no cover - compiled
         for i in range(lo, hi):
             v = y[u64(i)]
             w = np.float64(v)
-            g = np.float32(0.5 * w * (1.0 + _erf_poly(w * 0.7071067811865476)))
+            g = np.float32(0.5 * w * (1.0 + _erf(w * 0.7071067811865476)))
             y[u64(i)] = g if v >= _GELU_SPLIT else v
         for i in range(lo, hi):
             v = y[u64(i)]
@@ -220,6 +202,40 @@ def _epilogue_rows(y, b, z, rows, cols, act, p0, p1):  # pragma: no cover - comp
                 i = u64(base + c)
                 y[i] = y[i] + b[c]
         _activate(y, base, base + cols, act, p0, p1)
+
+
+# The epilogue split over the threads (see _parallel.py): by channels of each image, or by
+# rows. A handoff costs ~20 us: a part is worth one from ~16k elements of an activation
+# with exp or erf (~1-5 ns each), but only from ~256k of an add or a clamp (~0.2 ns each,
+# bound by memory, which two threads share).
+_COSTLY = (4, 7, 8, 9)
+
+
+def _grain(act: int) -> int:
+    return 1 << 14 if act in _COSTLY else 1 << 18
+
+
+def epilogue_channels(y, b, z, nb, nc, p, act, p0, p1) -> None:
+    """`_epilogue_channels` with the channels split over the threads."""
+    has_z = z.size > 0
+
+    def part(lo: int, hi: int) -> None:
+        for n in range(nb):
+            a, e = (n * nc + lo) * p, (n * nc + hi) * p
+            _epilogue_channels(y[a:e], b[lo:hi], z[a:e] if has_z else z, 1, hi - lo, p, act, p0, p1)
+
+    _parallel.for_ranges(part, nc, max(1, _grain(act) // max(1, p * nb)))
+
+
+def epilogue_rows(y, b, z, rows, cols, act, p0, p1) -> None:
+    """`_epilogue_rows` with the rows split over the threads."""
+    has_z = z.size > 0
+
+    def part(lo: int, hi: int) -> None:
+        a, e = lo * cols, hi * cols
+        _epilogue_rows(y[a:e], b, z[a:e] if has_z else z, hi - lo, cols, act, p0, p1)
+
+    _parallel.for_ranges(part, rows, max(1, _grain(act) // max(1, cols)))
 
 
 # -- helpers of the factories ------------------------------------------------------------------
@@ -335,7 +351,7 @@ def fused_conv(node: Node, ctx: CompileContext) -> KernelFn | None:
         bv = bias if bias is not None and bias.size == m else _vector(b, m, "FusedConv bias B")
         zz = _full(z, y.shape, "FusedConv residual Z")
         per_channel = y.size // max(1, y.shape[0] * m)  # output pixels
-        _epilogue_channels(y.reshape(-1), bv, zz, y.shape[0], m, per_channel, *act)
+        epilogue_channels(y.reshape(-1), bv, zz, y.shape[0], m, per_channel, *act)
         return (_finish(y, res, out),)
 
     run.algorithm = f"{getattr(conv, 'algorithm', 'default')}+epilogue"
@@ -381,7 +397,7 @@ def fused_gemm(node: Node, ctx: CompileContext) -> KernelFn | None:
         else:
             bv = np.zeros(cols, np.float32)
             zz = _full(c * np.float32(beta), y.shape, "FusedGemm C")
-        _epilogue_rows(y.reshape(-1), bv, zz, rows, cols, *act)
+        epilogue_rows(y.reshape(-1), bv, zz, rows, cols, *act)
         return (_finish(y, res, out),)
 
     run.algorithm = f"{getattr(gemm, 'algorithm', 'gemm')}+epilogue"
@@ -413,7 +429,7 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
             bv = given
         else:
             bv = _vector(given, cols, "FusedMatMul Bias")
-        _epilogue_rows(y.reshape(-1), bv, _EMPTY, y.size // max(1, cols), cols, *act)
+        epilogue_rows(y.reshape(-1), bv, _EMPTY, y.size // max(1, cols), cols, *act)
         return (_finish(y, res, out),)
 
     run.algorithm = f"{getattr(matmul, 'algorithm', 'default')}+epilogue"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ....errors import WorkbenchError
+from . import _parallel
 from ._numba import F32, declines_dtype, njit, u64
 from ._table import kernels
 from .ops_activation import _E
@@ -116,6 +117,7 @@ def _gelu_loop(x, out, tanh):  # pragma: no cover - compiled
             out[u64(i)] = 0.5 * v * (1.0 + _erf(v * _SQRT_HALF))
 
 
+_NO_MASK = np.zeros(1, F32)
 _LANES = 16  # partial maxima kept side by side: a zmm register of float32
 
 
@@ -215,19 +217,28 @@ def attention(node: Node, ctx: CompileContext) -> KernelFn | None:
         qh = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
         kt = k.reshape(b, sk, heads, d).transpose(0, 2, 3, 1)
         vh = v.reshape(b, sk, heads, dv).transpose(0, 2, 1, 3)
-        scores = np.matmul(qh, kt)
         if mask is None:
-            flat, strides = scores[:1, :1, :1, :1].reshape(-1), np.zeros(3, np.int64)
+            flat, strides = _NO_MASK, np.zeros(3, np.int64)
         else:
-            flat, strides = _mask_rows(mask, scores.shape)
-        _softmax_rows(
-            scores.reshape(-1, sk), heads, sq, flat, strides, mask is not None,
-            F32.type(scale), causal, sk - sq,
-        )  # fmt: skip
+            flat, strides = _mask_rows(mask, (b, heads, sq, sk))
         into, direct = _into(out, (b, sq, heads * dv))
         y = np.empty((b, sq, heads * dv), F32) if direct is None else direct
-        # P V written straight into [b, sq, heads, dv]: the merged heads need no copy
-        np.matmul(scores, vh, out=y.reshape(b, sq, heads, dv).transpose(0, 2, 1, 3))
+        yh = y.reshape(b, sq, heads, dv).transpose(0, 2, 1, 3)
+        scores = np.empty((b, heads, sq, sk), F32)
+        sc = F32.type(scale)
+
+        def part(lo: int, hi: int) -> None:  # heads lo..hi-1 of every batch item
+            np.matmul(qh[:, lo:hi], kt[:, lo:hi], out=scores[:, lo:hi])
+            for i in range(b):
+                m0 = i * strides[0] + lo * strides[1]
+                _softmax_rows(
+                    scores[i, lo:hi].reshape(-1, sk), hi - lo, sq, flat[m0:], strides,
+                    mask is not None, sc, causal, sk - sq,
+                )  # fmt: skip
+            # P V written straight into [b, sq, heads, dv]: the merged heads need no copy
+            np.matmul(scores[:, lo:hi], vh[:, lo:hi], out=yh[:, lo:hi])
+
+        _parallel.for_ranges(part, heads, max(1, (1 << 16) // max(1, b * sq * sk)))
         return (_deliver(into, y),)
 
     run.writes_out = True  # (not in place: V is read while the output is written)

@@ -8,9 +8,12 @@ Algorithms recorded as `run.algorithm`:
   into its rows so that BLAS sees one tall GEMM instead of a loop of small ones.
 - ``batched_gemm``: MatMul in general (numpy's batching, broadcasting and 1-D rules).
 
-With a constant float32 B, `autotune` measures three ways of calling BLAS per row count
-(``gemm``, ``gemm_t``: the transposed product, ``gemm_bt``: B transposed once) and keeps
-the fastest; MatMul's shows as ``gemm_flat``, ``gemm_t_flat``, ``gemm_bt_flat``.
+With a constant float32 B, `autotune` measures five ways of calling BLAS per row count
+and keeps the fastest: ``gemm`` (A's rows split over the threads), ``gemm_t`` (the
+transposed product, rows split), ``gemm_bt`` (B transposed once, rows split),
+``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
+which wins when A has few rows); MatMul's show with a ``_flat`` suffix. Each thread's
+part is one single-threaded BLAS call (see _parallel.py).
 
 BLAS writes straight into the arena's buffer when the executor passes `out=` (see
 backends/base.py); inputs of another dtype compute fresh and are copied there.
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import deliver, dest
-from . import autotune
+from . import _parallel, autotune
 from ._numba import const_input, declines_dtype
 from ._table import kernels
 
@@ -145,23 +148,67 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
 
 
 # -- algorithm selection for a product by a constant matrix --------------------------------------
+# the least work worth a thread's part: a handoff costs ~10-20 us, BLAS does ~1e5 FLOP/us
+PART_FLOPS = 4e6
+
+
+def grain(flops_per_unit: float) -> int:
+    """Units (rows, columns, channels) in the smallest part worth its own thread."""
+    return max(1, int(PART_FLOPS // max(1.0, flops_per_unit)))
+
+
+def split_rows(x2: np.ndarray, b: np.ndarray, o2: np.ndarray) -> np.ndarray:
+    """o2 = x2 @ b with x2's rows split over the threads (any 2-D operands BLAS takes)."""
+    g = grain(2.0 * x2.shape[1] * b.shape[1])
+    _parallel.for_ranges(lambda lo, hi: np.matmul(x2[lo:hi], b, out=o2[lo:hi]), len(x2), g)
+    return o2
+
+
 def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     """`name -> build() -> fn(x2, o2)` computing o2 = x2 @ bm for 2-D float32 x2, o2: BLAS
     on bm as given (``gemm``), on the product transposed (``gemm_t``: o2^T = bm^T x2^T,
     which makes BLAS pack and block the operands the other way round) and on a transposed
-    copy of bm made once (``gemm_bt``)."""
+    copy of bm made once (``gemm_bt``), split by rows of x2; or split by columns of bm
+    (``gemm_cols``, ``gemm_t_cols``)."""
+    k, n = bm.shape
+
+    def by_rows(product: Callable) -> Callable:
+        def fn(x2, o2):
+            g = grain(2.0 * k * n)
+            _parallel.for_ranges(lambda lo, hi: product(x2[lo:hi], o2[lo:hi]), len(x2), g)
+
+        return fn
+
+    def by_cols(product: Callable) -> Callable:
+        def fn(x2, o2):
+            g = grain(2.0 * k * len(x2))
+            _parallel.for_ranges(lambda lo, hi: product(x2, o2, lo, hi), n, g, align=16)
+
+        return fn
 
     def plain():
-        return lambda x2, o2: np.matmul(x2, bm, out=o2)
+        return by_rows(lambda x2, o2: np.matmul(x2, bm, out=o2))
 
     def transposed():
-        return lambda x2, o2: np.matmul(bm.T, x2.T, out=o2.T)
+        return by_rows(lambda x2, o2: np.matmul(bm.T, x2.T, out=o2.T))
 
     def packed_t():
         bt = np.ascontiguousarray(bm.T)
-        return lambda x2, o2: np.matmul(x2, bt.T, out=o2)
+        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2))
 
-    return {"gemm": plain, "gemm_t": transposed, "gemm_bt": packed_t}
+    def cols():
+        return by_cols(lambda x2, o2, lo, hi: np.matmul(x2, bm[:, lo:hi], out=o2[:, lo:hi]))
+
+    def cols_t():
+        return by_cols(lambda x2, o2, lo, hi: np.matmul(bm[:, lo:hi].T, x2.T, out=o2[:, lo:hi].T))
+
+    return {
+        "gemm": plain,
+        "gemm_t": transposed,
+        "gemm_bt": packed_t,
+        "gemm_cols": cols,
+        "gemm_t_cols": cols_t,
+    }
 
 
 class _TunedProduct:

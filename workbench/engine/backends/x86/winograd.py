@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _parallel
 from ._numba import njit, scratch, u64
+
+_GRAIN = 1 << 15  # tile values per part worth a thread (see _parallel.py)
 
 # F(2x2, 3x3): interpolation points 0, 1, -1, infinity
 _BT2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
@@ -83,13 +86,14 @@ def pack_weight(w: np.ndarray, m: int) -> np.ndarray:
 
 
 @njit
-def _input_transform(x, nc, h, w, pt, pl, th, tw, m, bt, xp, row, v, t0, ntiles):
-    """V[xi, c, t0 + ty*tw + tx] for one image x (nc, h, w flat); xp (nc, hp, wp) is a
-    zero-padded copy made here, row an (a * wp) work array, v (a*a, nc, ntiles) flat."""
+def _input_transform(x, nc, c0, c1, h, w, pt, pl, th, tw, m, bt, xp, row, v, t0, ntiles):
+    """V[xi, c, t0 + ty*tw + tx] for channels c0..c1-1 of one image x (nc, h, w flat); xp
+    (nc, hp, wp) is a zero-padded copy made here, row an (a * wp) work array, v (a*a, nc,
+    ntiles) flat."""
     a = m + 2
     hp, wp = th * m + 2, tw * m + 2
     # the padded copy: zeros around the image, so the tile loops need no bounds checks
-    for c in range(nc):
+    for c in range(c0, c1):
         for r in range(hp):
             ih = r - pt
             dst = (c * hp + r) * wp
@@ -101,7 +105,7 @@ def _input_transform(x, nc, h, w, pt, pl, th, tw, m, bt, xp, row, v, t0, ntiles)
             for q in range(wp):
                 iw = q - pl
                 xp[u64(dst + q)] = x[u64(src + q)] if 0 <= iw < w else np.float32(0.0)
-    for c in range(nc):
+    for c in range(c0, c1):
         for ty in range(th):
             base = (c * hp + ty * m) * wp
             # vertical half: row[i, :] = sum_k bt[i, k] * xp[c, ty*m + k, :]
@@ -130,11 +134,11 @@ def _input_transform(x, nc, h, w, pt, pl, th, tw, m, bt, xp, row, v, t0, ntiles)
 
 
 @njit
-def _output_transform(mo, nm, oh, ow, th, tw, m, at, bias, tmp, acc, y, t0, ntiles):
-    """y[k, :, :] (one image, nm x oh x ow flat) from M (a*a, nm, ntiles) flat, plus bias;
-    tmp (a * m * tw) and acc (tw) are work arrays."""
+def _output_transform(mo, nm, k0, k1, oh, ow, th, tw, m, at, bias, tmp, acc, y, t0, ntiles):
+    """y[k, :, :] for channels k0..k1-1 (one image, nm x oh x ow flat) from M (a*a, nm,
+    ntiles) flat, plus bias; tmp (a * m * tw) and acc (tw) are work arrays."""
     a = m + 2
-    for k in range(nm):
+    for k in range(k0, k1):
         bk = bias[k]
         for ty in range(th):
             tb = t0 + ty * tw
@@ -193,16 +197,32 @@ def conv(
     mo = scratch((a * a, nm, ntiles), "Winograd products", slot=1)
     hp, wp = th * m + 2, tw * m + 2
     xp = np.empty(c * hp * wp, np.float32)
-    row = np.empty(a * wp, np.float32)
-    tmp, acc = np.empty(a * m * tw, np.float32), np.empty(tw, np.float32)
     xf = np.ascontiguousarray(x).reshape(n, -1)
-    vf = v.reshape(-1)
+    vf, mf, yf = v.reshape(-1), mo.reshape(-1), y.reshape(n, -1)
+    # three phases, each split over the threads: the input tiles by channels, the a*a
+    # GEMMs by their index, the output tiles by output channels
     for i in range(n):
-        _input_transform(
-            xf[i], c, h, w, pads[0], pads[1], th, tw, m, bt, xp, row, vf, i * tiles, ntiles
-        )
-    np.matmul(u, v, out=mo)
-    mf, yf = mo.reshape(-1), y.reshape(n, -1)
+
+        def tiles_in(lo: int, hi: int, i: int = i) -> None:
+            row = np.empty(a * wp, np.float32)
+            _input_transform(
+                xf[i], c, lo, hi, h, w, pads[0], pads[1], th, tw, m, bt, xp, row, vf,
+                i * tiles, ntiles,
+            )  # fmt: skip
+
+        _parallel.for_ranges(tiles_in, c, max(1, _GRAIN // (a * a * tiles)))
+    _parallel.for_ranges(
+        lambda lo, hi: np.matmul(u[lo:hi], v[lo:hi], out=mo[lo:hi]),
+        a * a,
+        max(1, int(4e6 // (2.0 * nm * c * ntiles))),
+    )
     for i in range(n):
-        _output_transform(mf, nm, oh, ow, th, tw, m, at, bias, tmp, acc, yf[i], i * tiles, ntiles)
+
+        def tiles_out(lo: int, hi: int, i: int = i) -> None:
+            tmp, acc = np.empty(a * m * tw, np.float32), np.empty(tw, np.float32)
+            _output_transform(
+                mf, nm, lo, hi, oh, ow, th, tw, m, at, bias, tmp, acc, yf[i], i * tiles, ntiles
+            )
+
+        _parallel.for_ranges(tiles_out, nm, max(1, _GRAIN // (a * a * tiles)))
     return y
