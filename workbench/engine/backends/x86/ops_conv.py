@@ -340,11 +340,16 @@ def _conv_f32(
     b: np.ndarray | None,
     out: np.ndarray | None = None,
     alg: str | None = None,
+    post: ImagePost | None = None,
 ) -> np.ndarray:
     """float32 Conv of geometry `g` by algorithm `alg` (default: g's heuristic one) with the
     weight packed as (G, Mg, Cg*kh*kw), written into `out` (contiguous float32 of the
     output's size) when given. The `_t` algorithms have BLAS compute the transposed
-    product (y^T = col^T W^T), which packs the operands the other way round."""
+    product (y^T = col^T W^T), which packs the operands the other way round.
+
+    `post(y, n, c0, c1, q0, q1)` is called on blocks of y (channels c0..c1-1, output
+    positions q0..q1-1 of image n) that together cover it once each, each as soon as it
+    is final (a fused epilogue, see ops_fused_conv.py); b must then be None."""
     shape = (g.n, g.m, g.oh, g.ow)
     if out is None:
         check_size(shape, np.float32, "Conv output")
@@ -359,32 +364,43 @@ def _conv_f32(
         for n in range(g.n):
             xf, yf = x4[n].reshape(-1), y[n].reshape(-1)
 
-            def part(lo: int, hi: int, xf=xf, yf=yf) -> None:
+            def part(lo: int, hi: int, xf=xf, yf=yf, n=n) -> None:
                 _depthwise(
                     xf, wf, bias, lo, hi, mult, g.h, g.w, g.kh, g.kw,
                     g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.oh, g.ow, yf,
                 )  # fmt: skip
+                if post is not None:
+                    post(y, n, lo, hi, 0, g.oh * g.ow)
 
             per = g.kh * g.kw * g.oh * g.ow  # multiply-adds per channel
             _parallel.for_ranges(part, g.m, max(1, (1 << 17) // max(1, per)))
         return y
     p = g.oh * g.ow
+
+    def image_post(n: int) -> Post | None:
+        return None if post is None else (lambda c0, c1, q0, q1: post(y, n, c0, c1, q0, q1))
+
     if alg in ("gemm_1x1_t", "gemm_1x1") and g.group == 1:
         for n in range(g.n):
-            conv_gemm(wg[0], x4[n].reshape(g.c, p), y[n].reshape(g.m, p), alg.endswith("_t"))
+            y2 = y[n].reshape(g.m, p)
+            conv_gemm(wg[0], x4[n].reshape(g.c, p), y2, alg.endswith("_t"), image_post(n))
     elif alg == "gemm_1x1":
         xg = x4.reshape(g.n, g.group, g.cg, p)
         np.matmul(wg, xg, out=y.reshape(g.n, g.group, g.m // g.group, p))
+        whole(post, g, y)
     else:
         kk = g.cg * g.kh * g.kw
         col = scratch((g.c * g.kh * g.kw, p), "Conv im2col buffer")
         for n in range(g.n):
             im2col(x4[n], g, col)
             if g.group == 1:
-                conv_gemm(wg[0], col, y[n].reshape(g.m, p), alg == "im2col_gemm_t")
+                y2 = y[n].reshape(g.m, p)
+                conv_gemm(wg[0], col, y2, alg == "im2col_gemm_t", image_post(n))
             else:
                 out = y[n].reshape(g.group, g.m // g.group, p)
                 np.matmul(wg, col.reshape(g.group, kk, p), out=out)
+                if post is not None:
+                    post(y, n, 0, g.m, 0, p)
     if b is not None:
         y += b.reshape(1, g.m, 1, 1)
     return y
@@ -404,10 +420,19 @@ def im2col(x3: np.ndarray, g: _ConvGeom, col: np.ndarray) -> None:
     _parallel.for_ranges(part, g.c, max(1, (1 << 15) // (rows * g.oh * g.ow)))
 
 
-def conv_gemm(w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, transposed: bool) -> None:
+# A GEMM split by output positions with an epilogue to follow runs in blocks whose output
+# fits in a core's L2 cache, so that the epilogue finds it there (the memory-bound 1x1
+# convolutions of MobileNet wrote and re-read megabytes otherwise).
+_BLOCK_BYTES = 256 << 10
+
+
+def conv_gemm(
+    w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, transposed: bool, post: Post | None = None
+) -> None:
     """y2 (M, P) = w2 (M, K) @ x2 (K, P), split over the threads by output positions when
     there are many (each thread reads its part of x2, all of w2), else by output channels.
-    `transposed`: BLAS computes y2^T = x2^T w2^T (it packs the operands the other way)."""
+    `transposed`: BLAS computes y2^T = x2^T w2^T (it packs the operands the other way).
+    `post(c0, c1, q0, q1)` runs on each part's block of y2 right after its GEMM."""
     m, k = w2.shape
     p = x2.shape[1]
     if p >= 256:
@@ -417,8 +442,11 @@ def conv_gemm(w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, transposed: bool) 
                 np.matmul(x2[:, lo:hi].T, w2.T, out=y2[:, lo:hi].T)
             else:
                 np.matmul(w2, x2[:, lo:hi], out=y2[:, lo:hi])
+            if post is not None:
+                post(0, m, lo, hi)
 
-        _parallel.for_ranges(part, p, grain(2.0 * m * k), align=16)
+        block = max(64, _BLOCK_BYTES // (4 * m)) if post is not None else None
+        _parallel.for_ranges(part, p, grain(2.0 * m * k), align=16, block=block)
     else:
 
         def part(lo: int, hi: int) -> None:
@@ -426,8 +454,22 @@ def conv_gemm(w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, transposed: bool) 
                 np.matmul(x2.T, w2[lo:hi].T, out=y2[lo:hi].T)
             else:
                 np.matmul(w2[lo:hi], x2, out=y2[lo:hi])
+            if post is not None:
+                post(lo, hi, 0, p)
 
         _parallel.for_ranges(part, m, grain(2.0 * k * p))
+
+
+Post = Callable[[int, int, int, int], None]  # (c0, c1, q0, q1): a block of one image
+# (y, n, c0, c1, q0, q1): a block of image n of the output y
+ImagePost = Callable[[np.ndarray, int, int, int, int, int], None]
+
+
+def whole(post: ImagePost | None, g: _ConvGeom, y: np.ndarray) -> None:
+    """`post` on every image of y whole: for the algorithms that finish all at once."""
+    if post is not None:
+        for n in range(g.n):
+            post(y, n, 0, g.m, 0, g.oh * g.ow)
 
 
 def _pack_conv_weight(w: np.ndarray, group: int) -> np.ndarray:
@@ -459,16 +501,24 @@ def _builder(g: _ConvGeom, alg: str, w: np.ndarray, group: int) -> Callable[[], 
             u = winograd.pack_weight(w, m)
             zeros = np.zeros(g.m, np.float32)
 
-            def fn(x, b, y):
+            def fn(x, b, y, post=None):
                 bias = zeros if b is None else b
                 xx = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
-                return winograd.conv(xx, u, bias, m, (g.pt, g.pl), y)
+                winograd.conv(xx, u, bias, m, (g.pt, g.pl), y)
+                whole(post, g, y)
+                return y
 
             return fn
         if alg == "generic":
-            return lambda x, b, y: deliver(y, _conv_generic(x, w, b, g))
+
+            def generic(x, b, y, post=None):
+                deliver(y, _conv_generic(x, w, b, g))
+                whole(post, g, y)
+                return y
+
+            return generic
         wg = _pack_conv_weight(w, group)
-        return lambda x, b, y: _conv_f32(g, x, wg, b, y, alg)
+        return lambda x, b, y, post=None: _conv_f32(g, x, wg, b, y, alg, post)
 
     return build
 
@@ -521,11 +571,13 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
             autotune.announce(run, choice)
         return fn
 
-    def run(x, w, b=None, out=None):
+    def run(x, w, b=None, out=None, post=None):
         g = geom(x.shape, w.shape)
         o = dest(out)
         if g.algorithm == "generic" or not all_f32(x, w, b):
-            return (deliver(o, _conv_generic(x, w, b, g)),)
+            y = deliver(o, _conv_generic(x, w, b, g))
+            whole(post, g, y)
+            return (y,)
         if b is not None and b.shape != (g.m,):
             raise ValueError(f"Conv bias shape {list(b.shape)} != [{g.m}]")
         bb = bias if bias is not None else b
@@ -535,12 +587,13 @@ def conv(node: Node, ctx: CompileContext) -> Callable | None:
             if o is None:
                 check_size(shape, np.float32, "Conv output")
             y = np.empty(shape, np.float32) if o is None else o.reshape(shape)
-            fn(x, bb, y)
+            fn(x, bb, y, post)
             return (o if o is not None else y.reshape(g.n, g.m, *g.out),)
-        y = _conv_f32(g, x, _pack_conv_weight(w, group), bb, o)
+        y = _conv_f32(g, x, _pack_conv_weight(w, group), bb, o, post=post)
         return (o if o is not None else y.reshape(g.n, g.m, *g.out),)
 
-    run.writes_out = True
+    # `post=` (see _conv_f32): the fused kernel's epilogue, run on each block in cache
+    run.writes_out, run.takes_post = True, True
     run.listeners = []
     run.candidates = {}
 
