@@ -6,6 +6,9 @@ weights), Gemm and MatMul through ops_gemm (BLAS with the constant operand prepa
 Then one numba pass over their fresh output, in place, adds the bias and the residual `Z`
 and applies the activation while each element sits in a register: the *epilogue*. The
 unfused graph made a pass and a new array for the bias, the Add and the activation each.
+FusedConv hands its epilogue to the conv (`post=`), which runs it on each block of the
+output right after making it, while the block is still in cache; Gemm and MatMul run it
+after the product, its rows split over the threads when the activation is costly.
 
 The epilogue computes in float32 as the plain kernels do, with two exceptions made for
 speed: exp is a vectorizable polynomial (libm's is a call per element) and exact Gelu is
@@ -27,7 +30,7 @@ from numba.extending import intrinsic
 from ...ir import Node, Value
 from ..base import CompileContext
 from . import _parallel, autotune
-from ._numba import const_input, declines_dtype, njit, u64
+from ._numba import all_f32, const_input, declines_dtype, njit, u64
 from ._table import kernels
 from .ops_conv import conv as plain_conv
 from .ops_fused_transformer import _erf  # the x86 Erf kernel's polynomial, split in two chains
@@ -298,10 +301,6 @@ def _call(plain, out, *args, **kwargs) -> tuple:
     return plain(*args, out=out, **kwargs)
 
 
-def _all_f32(*arrays: np.ndarray) -> bool:
-    return all(a.dtype == np.float32 for a in arrays)
-
-
 def _plain_residual(z: np.ndarray | None, shape: tuple | None) -> bool:
     """Whether the residual Z (if any) can be read in blocks as it is: a contiguous,
     writeable float32 array of the output's static `shape` (else the conv runs first and
@@ -380,7 +379,7 @@ def fused_conv(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     def run(x, w, b=None, z=None, out=None):
         m = w.shape[0]
-        if getattr(conv, "takes_post", False) and _all_f32(x, w) and _plain_residual(z, out_shape):
+        if getattr(conv, "takes_post", False) and all_f32(x, w) and _plain_residual(z, out_shape):
             # the epilogue on each block of the output as soon as the conv has made it,
             # while the block is still in cache (one pass over memory instead of two)
             bv = bias if bias is not None and bias.size == m else _vector(b, m, "FusedConv B")
