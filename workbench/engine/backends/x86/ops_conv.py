@@ -57,24 +57,6 @@ if TYPE_CHECKING:
 
 
 # -- numba kernels ----------------------------------------------------------------------------
-@njit(inline="always")
-def _window_row(out, dst, x, src, stride, lo, hi, n, inside):  # pragma: no cover - compiled
-    """out[dst + q] = x[src + q * stride] for q in [lo, hi), zeros for the rest of [0, n)
-    (all zeros when the row is not `inside` the image): one row of windows."""
-    if not inside:
-        lo = hi = 0
-    for q in range(lo):
-        out[u64(dst + q)] = 0.0
-    if stride == 1:  # (a contiguous copy: vectorized)
-        for q in range(lo, hi):
-            out[u64(dst + q)] = x[u64(src + q)]
-    else:
-        for q in range(lo, hi):
-            out[u64(dst + q)] = x[u64(src + q * stride)]
-    for q in range(hi, n):
-        out[u64(dst + q)] = 0.0
-
-
 @njit
 def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
     """Columns of one image: col[(c, i, j), (p, q)] = x[c, p*sh - pt + i*dh, q*sw - pl + j*dw]
@@ -89,8 +71,21 @@ def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
                 for p in range(oh):
                     ih = p * sh - pt + i * dh
                     dst = row + p * ow
-                    inside = 0 <= ih < h
-                    _window_row(col, dst, x, (c * h + ih) * w + off, sw, lo, hi, ow, inside)
+                    if ih < 0 or ih >= h:
+                        for q in range(ow):
+                            col[u64(dst + q)] = 0.0
+                        continue
+                    for q in range(lo):
+                        col[u64(dst + q)] = 0.0
+                    src = (c * h + ih) * w + off
+                    if sw == 1:
+                        for q in range(lo, hi):
+                            col[u64(dst + q)] = x[u64(src + q)]
+                    else:
+                        for q in range(lo, hi):
+                            col[u64(dst + q)] = x[u64(src + q * sw)]
+                    for q in range(hi, ow):
+                        col[u64(dst + q)] = 0.0
 
 
 @njit
@@ -119,9 +114,22 @@ def _depthwise(x, w, b, m0, m1, mult, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, oh,
                 for r in range(hs):
                     ih = r * sh + a - pt
                     dst = pb + r * ws
+                    if ih < 0 or ih >= h:
+                        for q in range(ws):
+                            planes[u64(dst + q)] = 0.0
+                        continue
                     lo, hi = valid_range(c - pl, sw, wd, ws)
+                    for q in range(lo):
+                        planes[u64(dst + q)] = 0.0
                     src = xb + ih * wd + c - pl
-                    _window_row(planes, dst, x, src, sw, lo, hi, ws, 0 <= ih < h)
+                    if sw == 1:  # (a contiguous copy: vectorized)
+                        for q in range(lo, hi):
+                            planes[u64(dst + q)] = x[u64(src + q)]
+                    else:
+                        for q in range(lo, hi):
+                            planes[u64(dst + q)] = x[u64(src + q * sw)]
+                    for q in range(hi, ws):
+                        planes[u64(dst + q)] = 0.0
         bv = b[m]
         for t in range(kh * kw):
             i, j = t // kw, t % kw
