@@ -26,6 +26,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, THREADS)  # before numpy loads (onnxruntime is set below)
 
 import numpy as np  # noqa: E402
+from _timing import timed  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2", "bert_6l", "bert", "gpt2"]
 
@@ -38,15 +39,6 @@ def _ort_session(proto, threads: int):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(proto.SerializeToString(), opts)
-
-
-def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def measure(
@@ -77,8 +69,8 @@ def measure(
     # first run: BLAS worker threads keep spinning for a while after a call and would tax
     # whichever engine runs right after the other.
     for _ in range(max(1, repeat // block)):
-        ours += _timed(lambda: sess.run(feeds), block + 1)[1:]
-        theirs += _timed(lambda: ort_sess.run(None, feeds), block + 1)[1:]
+        ours += timed(lambda: sess.run(feeds), block + 1)[1:]
+        theirs += timed(lambda: ort_sess.run(None, feeds), block + 1)[1:]
     m_ours, m_ort = float(np.median(ours)), float(np.median(theirs))
     return {
         "model": name,
@@ -104,7 +96,7 @@ def reference_seconds(name: str, runs: int) -> float:
     proto = zoo.get(name)
     feeds = wb.Session(wb.load(proto), "reference").random_feeds(seed=0)
     ev = ReferenceEvaluator(proto)
-    return float(np.median(_timed(lambda: ev.run(None, feeds), runs)))
+    return float(np.median(timed(lambda: ev.run(None, feeds), runs)))
 
 
 def _child_rss(engine: str, folder: str, backend: str, level: int, threads: int) -> None:

@@ -30,6 +30,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from _timing import timed
 
 MODELS = ["resnet50", "mobilenet_v2", "bert_6l", "bert", "gpt2"]
 PRECISIONS = ["fp32", "fp16", "tf32"]
@@ -58,15 +59,6 @@ def import_onnx2torch():
         sys.path.insert(0, wheels[-1])  # a pure-Python wheel imports from the zip
         import onnx2torch
     return onnx2torch
-
-
-def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def torch_runner(proto, feeds: dict, precision: str):
@@ -121,9 +113,9 @@ def measure(name: str, precision: str, repeat: int, warmup: int, block: int, tor
             theirs_fn()
     ours, theirs = [], []
     for _ in range(max(1, repeat // block)):
-        ours += _timed(lambda: sess.run(feeds), block + 1)[1:]
+        ours += timed(lambda: sess.run(feeds), block + 1)[1:]
         if theirs_fn is not None:
-            theirs += _timed(theirs_fn, block + 1)[1:]
+            theirs += timed(theirs_fn, block + 1)[1:]
     row["ours_ms"] = float(np.median(ours) * 1e3)
     if theirs:
         row["torch_ms"] = float(np.median(theirs) * 1e3)

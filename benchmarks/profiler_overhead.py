@@ -21,24 +21,19 @@ import itertools
 import os
 import sys
 import tempfile
-import time
 
 THREADS = "2"
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(var, THREADS)  # before numpy/numba load: one thread setting for all
 
 import numpy as np  # noqa: E402
+from _timing import timed  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2"]
 
 
 def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out[1:]  # the first run of a block pays for the switch
+    return timed(fn, n)[1:]  # the first run of a block pays for the switch
 
 
 def _alternate(plain, profiled, repeat: int, block: int) -> dict:

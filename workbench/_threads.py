@@ -53,19 +53,14 @@ def busy(threads_here: int = 0) -> bool:
     return load is not None and load - threads_here >= usable_cpus()
 
 
-def _openblas_setters() -> list[Any]:
-    """`set_num_threads` functions of the OpenBLAS libraries loaded in this process."""
+def _openblas_functions(names: tuple[str, ...]) -> list[Any]:
+    """From each OpenBLAS library loaded in this process (read from /proc/self/maps), the
+    first of `names` it exports."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return []
     paths = sorted({ln.split()[-1] for ln in maps.splitlines() if "openblas" in ln.lower()})
-    names = (
-        "scipy_openblas_set_num_threads64_",
-        "scipy_openblas_set_num_threads",
-        "openblas_set_num_threads64_",
-        "openblas_set_num_threads",
-    )
     out = []
     for path in paths:
         if not path.startswith("/"):
@@ -74,32 +69,26 @@ def _openblas_setters() -> list[Any]:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                out.append(fn)
-                break
+        fn = next((getattr(lib, n) for n in names if hasattr(lib, n)), None)
+        if fn is not None:
+            out.append(fn)
     return out
+
+
+def _openblas_setters() -> list[Any]:
+    """`set_num_threads` functions of the OpenBLAS libraries loaded in this process."""
+    return _openblas_functions(
+        (
+            "scipy_openblas_set_num_threads64_",
+            "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        )
+    )
 
 
 def _openblas_getters() -> list[Any]:
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return []
-    paths = sorted({ln.split()[-1] for ln in maps.splitlines() if "openblas" in ln.lower()})
-    out = []
-    for path in paths:
-        if not path.startswith("/"):
-            continue
-        with contextlib.suppress(OSError):
-            lib = ctypes.CDLL(path)
-            for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads"):
-                fn = getattr(lib, name, None)
-                if fn is not None:
-                    out.append(fn)
-                    break
-    return out
+    return _openblas_functions(("scipy_openblas_get_num_threads64_", "openblas_get_num_threads"))
 
 
 def blas_threads() -> int | None:
