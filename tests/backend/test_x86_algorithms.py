@@ -11,7 +11,7 @@ import pytest
 
 import workbench as wb
 from workbench import _threads
-from workbench.engine.backends.x86 import _parallel, autotune
+from workbench.engine.backends.x86 import _mkl, _parallel, autotune
 from workbench.testing import assert_close, node_model, run_node
 
 rng = np.random.default_rng(11)
@@ -78,8 +78,18 @@ WINOGRAD = [
     ((1, 64, 12, 12), (32, 64, 3, 3), {"pads": [1, 1, 1, 1]}),
 ]
 
+# MKL's candidates join when the `mkl` extra is installed (`make test` installs it)
+needs_mkl = pytest.mark.skipif(not _mkl.available(), reason=f"no MKL here: {_mkl.why()}")
+
+
+def mkl(*case):
+    return pytest.param(*case, marks=needs_mkl)
+
+
 CONV_CASES = (
     [("im2col_gemm", *c) for c in IM2COL]
+    + [mkl("im2col_gemm_mkl", *c) for c in IM2COL]
+    + [mkl("gemm_1x1_mkl", *c) for c in ONE_BY_ONE]
     + [("im2col_gemm_t", *c) for c in IM2COL if len(c[0]) == 4]
     + [(alg, *c) for c in ONE_BY_ONE for alg in ("gemm_1x1", "gemm_1x1_t")]
     + [(alg, *c) for c in DEPTHWISE for alg in ("depthwise", "grouped_im2col_gemm")]
@@ -131,7 +141,18 @@ def test_forced_by_environment(monkeypatch):
     assert sess.plan.steps[0].kernel.algorithm == "winograd_f2"
 
 
-@pytest.mark.parametrize("alg", ["gemm", "gemm_t", "gemm_bt"])
+@pytest.mark.parametrize(
+    "alg",
+    [
+        "gemm",
+        "gemm_t",
+        "gemm_bt",
+        "gemm_cols",
+        "gemm_t_cols",
+        mkl("mkl_packed"),
+        mkl("mkl_packed_cols"),
+    ],
+)
 def test_matmul_and_gemm_algorithms_match_reference(alg):
     a, b = f32(2, 3, 17), f32(17, 5)
     got, step = forced("MatMul", alg, [a, b], {}, consts=(1,))
@@ -170,7 +191,8 @@ def test_selection_measures_once_then_hits_the_disk_cache():
     run = sess.plan.steps[0].run
     assert autotune.stats["measured"] == before["measured"] + 1
     assert run.choice.source == "measured"
-    assert set(run.candidates) == {"im2col_gemm", "im2col_gemm_t", "winograd_f2", "winograd_f4"}
+    want = {"im2col_gemm", "im2col_gemm_t", "winograd_f2", "winograd_f4"}
+    assert set(run.candidates) == want | ({"im2col_gemm_mkl"} if _mkl.available() else set())
     assert all(ms > 0 for ms in run.candidates.values())
     assert sess.plan.steps[0].kernel.algorithm == min(run.candidates, key=run.candidates.get)
     assert autotune.cache_path().exists()

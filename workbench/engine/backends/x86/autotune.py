@@ -38,6 +38,7 @@ from typing import Any
 
 from .... import _threads
 from ...._cache import cache_dir
+from . import _mkl
 
 REPS = 3  # timed calls per candidate at most (after one warm-up call)
 BUDGET_S = 0.05  # measuring time per candidate at most, warm-up excluded
@@ -49,7 +50,7 @@ PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 Builder = Callable[[], Callable[..., Any]]
 
@@ -159,7 +160,8 @@ def clear_memory() -> None:
 
 
 def cache_key(op: str, shapes: Any, attrs: Any, dtype: str = "float32") -> str:
-    key = [op, shapes, attrs, dtype, _threads.current(), CACHE_VERSION]
+    # (MKL's presence too: its candidates join the contest when it is installed)
+    key = [op, shapes, attrs, dtype, _threads.current(), CACHE_VERSION, _mkl.available()]
     return json.dumps(key, sort_keys=True, default=str)
 
 

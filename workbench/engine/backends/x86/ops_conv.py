@@ -13,8 +13,9 @@ records it as `run.algorithm`:
 That is the heuristic default. With a constant weight, `autotune.select` measures the
 alternatives on each input shape (at compile time when shape inference knows it, else on
 the first call) and keeps the fastest, its weight packed its way: ``im2col_gemm_t`` and
-``gemm_1x1_t`` (BLAS computes the transposed product), ``winograd_f2`` / ``winograd_f4``
-(winograd.py; 3x3 stride 1), ``grouped_im2col_gemm`` for depthwise; ``generic`` only
+``gemm_1x1_t`` (BLAS computes the transposed product), ``im2col_gemm_mkl`` and
+``gemm_1x1_mkl`` (the same GEMMs by MKL, when installed: see _mkl.py), ``winograd_f2`` /
+``winograd_f4`` (winograd.py; 3x3 stride 1), ``grouped_im2col_gemm`` for depthwise; ``generic`` only
 when forced by name. `run.algorithm` and `run.candidates` then say what it chose.
 
 Every algorithm splits its work over the kernels' threads (_parallel.py): im2col by input
@@ -36,7 +37,7 @@ import numpy as np
 from ...memory_guard import check_size
 from ..base import deliver, dest
 from ..common import conv_out_size, conv_pads
-from . import _parallel, autotune, winograd
+from . import _mkl, _parallel, autotune, winograd
 from ._numba import (
     all_f32,
     const_input,
@@ -380,10 +381,12 @@ def _conv_f32(
     def image_post(n: int) -> Post | None:
         return None if post is None else (lambda c0, c1, q0, q1: post(y, n, c0, c1, q0, q1))
 
-    if alg in ("gemm_1x1_t", "gemm_1x1") and g.group == 1:
+    product = _mkl.sgemm if alg.endswith("_mkl") else _blas
+    if alg in ("gemm_1x1_t", "gemm_1x1", "gemm_1x1_mkl") and g.group == 1:
         for n in range(g.n):
             y2 = y[n].reshape(g.m, p)
-            conv_gemm(wg[0], x4[n].reshape(g.c, p), y2, alg.endswith("_t"), image_post(n))
+            xn = x4[n].reshape(g.c, p)
+            conv_gemm(wg[0], xn, y2, alg.endswith("_t"), image_post(n), product)
     elif alg == "gemm_1x1":
         xg = x4.reshape(g.n, g.group, g.cg, p)
         np.matmul(wg, xg, out=y.reshape(g.n, g.group, g.m // g.group, p))
@@ -395,7 +398,7 @@ def _conv_f32(
             im2col(x4[n], g, col)
             if g.group == 1:
                 y2 = y[n].reshape(g.m, p)
-                conv_gemm(wg[0], col, y2, alg == "im2col_gemm_t", image_post(n))
+                conv_gemm(wg[0], col, y2, alg == "im2col_gemm_t", image_post(n), product)
             else:
                 out = y[n].reshape(g.group, g.m // g.group, p)
                 np.matmul(wg, col.reshape(g.group, kk, p), out=out)
@@ -426,22 +429,32 @@ def im2col(x3: np.ndarray, g: _ConvGeom, col: np.ndarray) -> None:
 _BLOCK_BYTES = 256 << 10
 
 
+def _blas(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
+
+
 def conv_gemm(
-    w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, transposed: bool, post: Post | None = None
+    w2: np.ndarray,
+    x2: np.ndarray,
+    y2: np.ndarray,
+    transposed: bool,
+    post: Post | None = None,
+    product: Callable[[np.ndarray, np.ndarray, np.ndarray], None] = _blas,
 ) -> None:
     """y2 (M, P) = w2 (M, K) @ x2 (K, P), split over the threads by output positions when
     there are many (each thread reads its part of x2, all of w2), else by output channels.
     `transposed`: BLAS computes y2^T = x2^T w2^T (it packs the operands the other way).
-    `post(c0, c1, q0, q1)` runs on each part's block of y2 right after its GEMM."""
+    `post(c0, c1, q0, q1)` runs on each part's block of y2 right after its GEMM.
+    `product(a, b, out)`: numpy's matmul (OpenBLAS), or MKL's `_mkl.sgemm`."""
     m, k = w2.shape
     p = x2.shape[1]
     if p >= 256:
 
         def part(lo: int, hi: int) -> None:
             if transposed:
-                np.matmul(x2[:, lo:hi].T, w2.T, out=y2[:, lo:hi].T)
+                product(x2[:, lo:hi].T, w2.T, y2[:, lo:hi].T)
             else:
-                np.matmul(w2, x2[:, lo:hi], out=y2[:, lo:hi])
+                product(w2, x2[:, lo:hi], y2[:, lo:hi])
             if post is not None:
                 post(0, m, lo, hi)
 
@@ -451,9 +464,9 @@ def conv_gemm(
 
         def part(lo: int, hi: int) -> None:
             if transposed:
-                np.matmul(x2.T, w2[lo:hi].T, out=y2[lo:hi].T)
+                product(x2.T, w2[lo:hi].T, y2[lo:hi].T)
             else:
-                np.matmul(w2[lo:hi], x2, out=y2[lo:hi])
+                product(w2[lo:hi], x2, y2[lo:hi])
             if post is not None:
                 post(lo, hi, 0, p)
 
@@ -485,8 +498,12 @@ def _candidates(g: _ConvGeom) -> list[str]:
         names.append("grouped_im2col_gemm")
     elif g.algorithm == "gemm_1x1" and g.group == 1:
         names.append("gemm_1x1_t")
+        if _mkl.available():
+            names.append("gemm_1x1_mkl")
     elif g.algorithm == "im2col_gemm":
         names.append("im2col_gemm_t")
+        if _mkl.available():
+            names.append("im2col_gemm_mkl")
         if winograd.applies(g.kernel, g.strides, g.dilations, g.group):
             names += ["winograd_f2", "winograd_f4"]
     return names

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import deliver, dest
-from . import _parallel, autotune
+from . import _mkl, _parallel, autotune
 from ._numba import const_input, declines_dtype
 from ._table import kernels
 
@@ -169,7 +169,9 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     on bm as given (``gemm``), on the product transposed (``gemm_t``: o2^T = bm^T x2^T,
     which makes BLAS pack and block the operands the other way round) and on a transposed
     copy of bm made once (``gemm_bt``), split by rows of x2; or split by columns of bm
-    (``gemm_cols``, ``gemm_t_cols``)."""
+    (``gemm_cols``, ``gemm_t_cols``); with MKL installed, also MKL's GEMM on bm packed
+    once, split by rows (``mkl_packed``: every thread reads the one packed copy) or by
+    columns (``mkl_packed_cols``: each column range packed on its first call)."""
     k, n = bm.shape
 
     def by_rows(product: Callable) -> Callable:
@@ -202,13 +204,31 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     def cols_t():
         return by_cols(lambda x2, o2, lo, hi: np.matmul(bm[:, lo:hi].T, x2.T, out=o2[:, lo:hi].T))
 
-    return {
+    builders = {
         "gemm": plain,
         "gemm_t": transposed,
         "gemm_bt": packed_t,
         "gemm_cols": cols,
         "gemm_t_cols": cols_t,
     }
+    if _mkl.available():
+
+        def mkl_packed():
+            return by_rows(_mkl.PackedB(bm).product)
+
+        def mkl_packed_cols():
+            packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
+
+            def product(x2, o2, lo, hi):
+                packed = packs.get((lo, hi))
+                if packed is None:
+                    packed = packs.setdefault((lo, hi), _mkl.PackedB(bm[:, lo:hi]))
+                packed.product(x2, o2[:, lo:hi])
+
+            return by_cols(product)
+
+        builders |= {"mkl_packed": mkl_packed, "mkl_packed_cols": mkl_packed_cols}
+    return builders
 
 
 class _TunedProduct:
