@@ -32,7 +32,9 @@ def layouts(x: np.ndarray) -> list[np.ndarray]:
     return [x, np.ascontiguousarray(x.T).T, wide[:, 1 : 1 + x.shape[1]]]
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (7, 33, 5), (130, 70, 333), (3, 1, 17)])
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(1, 1, 1), (7, 33, 5), (130, 70, 333), (3, 1, 17), (9, 4, 1), (1, 6, 8)]
+)
 def test_sgemm_matches_numpy_on_every_layout(m, k, n):
     a, b = f32(m, k), f32(k, n)
     want = exact(a, b)
@@ -44,6 +46,10 @@ def test_sgemm_matches_numpy_on_every_layout(m, k, n):
     ct = np.full((n, m), np.nan, np.float32).T  # a column-major output
     _mkl.sgemm(a, b, ct)
     np.testing.assert_allclose(ct, want, rtol=1e-4, atol=1e-4)
+    wide = np.full((m + 2, n + 3), np.nan, np.float32)  # a block of a bigger output
+    _mkl.sgemm(a, b, wide[1 : m + 1, 2 : n + 2])
+    np.testing.assert_allclose(wide[1 : m + 1, 2 : n + 2], want, rtol=1e-4, atol=1e-4)
+    assert np.isnan(wide[0]).all() and np.isnan(wide[:, :2]).all()
 
 
 def test_sgemm_empty_shapes():

@@ -109,22 +109,24 @@ def version() -> str | None:
     return buf.value.decode(errors="replace").strip()
 
 
-def _operand(x: np.ndarray) -> tuple[int, int]:
+def _layout(x: np.ndarray) -> tuple[int, int] | None:
     """(transpose flag, leading dimension) of a 2-D float32 view for row-major CBLAS: rows
-    of unit-stride elements, or the transpose of such."""
+    of unit-stride elements (_NO_TRANS), or the transpose of such (_TRANS); None if it is
+    neither. A dimension of size 1 has no stride to honour, so e.g. (P, 1) is both."""
+    m, n = x.shape
     s0, s1 = (s // 4 for s in x.strides)
-    if s1 == 1 and s0 >= max(1, x.shape[1]):
-        return _NO_TRANS, s0
-    if s0 == 1 and s1 >= max(1, x.shape[0]):
-        return _TRANS, s1
-    raise ValueError(f"MKL GEMM needs a row- or column-major view, got strides {x.strides}")
+    if (n <= 1 or s1 == 1) and (m <= 1 or s0 >= n):
+        return _NO_TRANS, s0 if m > 1 else max(1, n)
+    if (m <= 1 or s0 == 1) and (n <= 1 or s1 >= m):
+        return _TRANS, s1 if n > 1 else max(1, m)
+    return None
 
 
-def _output_ld(c: np.ndarray) -> int:
-    s0, s1 = (s // 4 for s in c.strides)
-    if s1 != 1 or s0 < max(1, c.shape[1]):
-        raise ValueError(f"MKL GEMM writes row-major outputs, got strides {c.strides}")
-    return s0
+def _operand(x: np.ndarray) -> tuple[int, int]:
+    layout = _layout(x)
+    if layout is None:
+        raise ValueError(f"MKL GEMM needs a row- or column-major view, got strides {x.strides}")
+    return layout
 
 
 def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
@@ -132,7 +134,7 @@ def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     computed as c^T = b^T a^T)."""
     lib = library()
     assert lib is not None, why()
-    if c.strides[0] == 4 and c.shape[0] > 1:
+    if _operand(c)[0] == _TRANS:
         a, b, c = b.T, a.T, c.T
     m, k = a.shape
     n = b.shape[1]
@@ -147,6 +149,13 @@ def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
         _ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
         0.0, c.ctypes.data, _output_ld(c),
     )  # fmt: skip
+
+
+def _output_ld(c: np.ndarray) -> int:
+    trans, ld = _operand(c)
+    if trans != _NO_TRANS:
+        raise ValueError(f"MKL GEMM writes row-major outputs, got strides {c.strides}")
+    return ld
 
 
 def _buffer(nbytes: int) -> np.ndarray:

@@ -12,8 +12,10 @@ With a constant float32 B, `autotune` measures five ways of calling BLAS per row
 and keeps the fastest: ``gemm`` (A's rows split over the threads), ``gemm_t`` (the
 transposed product, rows split), ``gemm_bt`` (B transposed once, rows split),
 ``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
-which wins when A has few rows); MatMul's show with a ``_flat`` suffix. Each thread's
-part is one single-threaded BLAS call (see _parallel.py).
+which wins when A has few rows); with the `mkl` extra also ``mkl_packed`` and
+``mkl_packed_cols`` (MKL's GEMM on B packed once, split by rows or columns; see _mkl.py);
+MatMul's show with a ``_flat`` suffix. Each thread's part is one single-threaded BLAS
+call (see _parallel.py).
 
 BLAS writes straight into the arena's buffer when the executor passes `out=` (see
 backends/base.py); inputs of another dtype compute fresh and are copied there.
