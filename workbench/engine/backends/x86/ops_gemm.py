@@ -9,9 +9,9 @@ Algorithms recorded as `run.algorithm`:
 - ``batched_gemm``: MatMul in general (numpy's batching, broadcasting and 1-D rules).
 
 With a constant float32 B, `autotune` measures five ways of calling BLAS per row count
-and keeps the fastest: ``gemm`` (A's rows split over the threads), ``gemm_t`` (the
-transposed product, rows split), ``gemm_bt`` (B transposed once, rows split),
-``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
+(seven with MKL) and keeps the fastest: ``gemm`` (A's rows split over the threads),
+``gemm_t`` (the transposed product, rows split), ``gemm_bt`` (B transposed once, rows
+split), ``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
 which wins when A has few rows); with the `mkl` extra also ``mkl_packed`` and
 ``mkl_packed_cols`` (MKL's GEMM on B packed once, split by rows or columns; see _mkl.py);
 MatMul's show with a ``_flat`` suffix. Each thread's part is one single-threaded BLAS
