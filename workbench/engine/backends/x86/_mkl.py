@@ -109,24 +109,17 @@ def version() -> str | None:
     return buf.value.decode(errors="replace").strip()
 
 
-def _layout(x: np.ndarray) -> tuple[int, int] | None:
+def _operand(x: np.ndarray) -> tuple[int, int]:
     """(transpose flag, leading dimension) of a 2-D float32 view for row-major CBLAS: rows
-    of unit-stride elements (_NO_TRANS), or the transpose of such (_TRANS); None if it is
-    neither. A dimension of size 1 has no stride to honour, so e.g. (P, 1) is both."""
+    of unit-stride elements (_NO_TRANS), or the transpose of such (_TRANS). A dimension of
+    size 1 has no stride to honour, so e.g. (P, 1) is both (row-major is taken)."""
     m, n = x.shape
     s0, s1 = (s // 4 for s in x.strides)
     if (n <= 1 or s1 == 1) and (m <= 1 or s0 >= n):
         return _NO_TRANS, s0 if m > 1 else max(1, n)
     if (m <= 1 or s0 == 1) and (n <= 1 or s1 >= m):
         return _TRANS, s1 if n > 1 else max(1, m)
-    return None
-
-
-def _operand(x: np.ndarray) -> tuple[int, int]:
-    layout = _layout(x)
-    if layout is None:
-        raise ValueError(f"MKL GEMM needs a row- or column-major view, got strides {x.strides}")
-    return layout
+    raise ValueError(f"MKL GEMM needs a row- or column-major view, got strides {x.strides}")
 
 
 def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
@@ -134,7 +127,8 @@ def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     computed as c^T = b^T a^T)."""
     lib = library()
     assert lib is not None, why()
-    if _operand(c)[0] == _TRANS:
+    tc, ldc = _operand(c)
+    if tc == _TRANS:  # c^T is row-major with the same leading dimension
         a, b, c = b.T, a.T, c.T
     m, k = a.shape
     n = b.shape[1]
@@ -147,7 +141,7 @@ def sgemm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     tb, ldb = _operand(b)
     lib.cblas_sgemm(
         _ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
-        0.0, c.ctypes.data, _output_ld(c),
+        0.0, c.ctypes.data, ldc,
     )  # fmt: skip
 
 
