@@ -74,6 +74,16 @@ DEPTHWISE = [
     ((2, 5, 9, 7), (5, 1, 3, 3), {"group": 5, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((2, 3, 9, 8), (6, 1, 3, 3), {"group": 3, "pads": [0, 1, 2, 0], "dilations": [1, 2]}),
 ]
+# one output channel per input channel (channels-last applies): 3x3 windows inside the
+# image and at its edges, stride 2, dilation, asymmetric pads, other kernel sizes, a 1-D
+# conv, 17 and 37 channels (not multiples of the vector width) and tiles of 64 crossed
+DEPTHWISE_1 = [
+    ((2, 17, 9, 7), (17, 1, 3, 3), {"group": 17, "pads": [1, 1, 1, 1]}),
+    ((1, 37, 11, 10), (37, 1, 3, 3), {"group": 37, "strides": [2, 2], "pads": [0, 1, 1, 0]}),
+    ((2, 5, 12, 9), (5, 1, 3, 3), {"group": 5, "dilations": [2, 3], "pads": [2, 3, 2, 3]}),
+    ((1, 70, 6, 5), (70, 1, 5, 3), {"group": 70, "pads": [2, 1, 1, 0]}),
+    ((2, 9, 13), (9, 1, 4), {"group": 9, "strides": [2], "pads": [1, 2]}),
+]
 WINOGRAD = [
     ((2, 5, 9, 7), (17, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
     ((1, 17, 7, 10), (3, 17, 3, 3), {"pads": [0, 1, 2, 0]}),
@@ -97,6 +107,7 @@ CONV_CASES = (
     + [("im2col_gemm_t", *c) for c in IM2COL if len(c[0]) == 4]
     + [(alg, *c) for c in ONE_BY_ONE for alg in ("gemm_1x1", "gemm_1x1_t")]
     + [(alg, *c) for c in DEPTHWISE for alg in ("depthwise", "grouped_im2col_gemm")]
+    + [(alg, *c) for c in DEPTHWISE_1 for alg in ("depthwise", "depthwise_nhwc")]
     + [("grouped_im2col_gemm", (2, 6, 9, 9), (10, 3, 3, 3), {"group": 2, "pads": [2, 1, 2, 1]})]
     + [("generic", *c) for c in IM2COL[:2]]
 )
@@ -181,6 +192,38 @@ def test_fused_conv_shows_the_selected_algorithm():
     assert step.kernel.algorithm == "winograd_f2+epilogue"
     ref = run_node("reference", "Conv", [x, w, b], {"pads": [1, 1, 1, 1]}, consts=(1, 2))[0]
     assert_close(sess.run(feeds)["out0"], np.maximum(ref, 0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("xs", "ws", "attrs"), DEPTHWISE_1[:2])
+def test_fused_conv_epilogue_on_the_channels_last_depthwise(xs, ws, attrs):
+    """depthwise_nhwc runs the fused epilogue (bias, residual, activation) on each block of
+    channels as it transposes them back: every channel of every image once."""
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    ref = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
+    z = f32(*ref.shape)
+    fused = {**attrs, "activation": "Relu"}
+    with autotune.settings(force={"Conv": "depthwise_nhwc"}):
+        model, feeds = node_model(
+            "FusedConv", [x, w, b, z], fused, domain="workbench", consts=(1, 2)
+        )
+        sess = wb.Session(wb.load(model, check=False), "x86")
+    (step,) = sess.plan.steps
+    assert step.kernel.algorithm == "depthwise_nhwc+epilogue"
+    assert_close(sess.run(feeds)["out0"], np.maximum(ref + z, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_small_depthwise_planes_default_to_channels_last():
+    """Below MIN_FLOPS nothing is measured: the heuristic picks channels-last for a small
+    plane with one channel per group, the NCHW kernel for a large one or a multiplier."""
+    from workbench.engine.backends.x86.ops_conv import _ConvGeom
+
+    def default(xs, ws, group):
+        return _ConvGeom(xs, ws, {"pads": [1, 1, 1, 1]}, group).algorithm
+
+    assert default((1, 960, 7, 7), (960, 1, 3, 3), 960) == "depthwise_nhwc"
+    assert default((1, 32, 112, 112), (32, 1, 3, 3), 32) == "depthwise"
+    assert default((1, 192, 28, 28), (192, 1, 3, 3), 192) == "depthwise"
+    assert default((1, 8, 7, 7), (16, 1, 3, 3), 8) == "depthwise"  # two outputs per input
 
 
 # large enough to be measured (autotune.MIN_FLOPS), small enough to be quick

@@ -51,12 +51,13 @@ CONV_CASES = [
     ((2, 6, 9, 9), (10, 3, 3, 3), {"group": 2, "dilations": [2, 1], "pads": [2, 1, 2, 1]},
      "grouped_im2col_gemm"),
     ((2, 6, 9, 8), (6, 1, 3, 3), {"group": 6, "strides": [2, 2], "pads": [1, 1, 1, 1]},
-     "depthwise"),
+     "depthwise_nhwc"),  # small planes, one channel per group: channels-last
     ((1, 5, 10, 7), (5, 1, 5, 3), {"group": 5, "dilations": [2, 2], "auto_pad": "SAME_LOWER"},
-     "depthwise"),
+     "depthwise_nhwc"),
+    ((1, 4, 15, 14), (4, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, "depthwise"),
     ((2, 3, 9, 8), (6, 1, 3, 3), {"group": 3, "pads": [0, 1, 2, 0]}, "depthwise"),  # x2 mult
     ((2, 5, 11), (3, 5, 4), {"strides": [2], "pads": [1, 2], "dilations": [2]}, "im2col_gemm"),
-    ((2, 4, 11), (4, 1, 3), {"group": 4, "auto_pad": "SAME_UPPER"}, "depthwise"),
+    ((2, 4, 11), (4, 1, 3), {"group": 4, "auto_pad": "SAME_UPPER"}, "depthwise_nhwc"),
     ((1, 2, 5, 5, 4), (3, 2, 3, 3, 2), {"pads": [1, 0, 1, 1, 0, 0]}, "generic"),
 ]  # fmt: skip
 

@@ -145,19 +145,9 @@ def split(total: int, grain: int, align: int = 1) -> list[tuple[int, int]]:
     return ranges(total, min(threads(), max(1, total // max(1, grain))), align)
 
 
-def for_ranges(
-    fn: Callable[[int, int], object],
-    total: int,
-    grain: int,
-    align: int = 1,
-    block: int | None = None,
-) -> None:
-    """fn(lo, hi) for the ranges of `split(total, grain, align)`, in parallel; with `block`,
-    in ranges of at most that many (more parts than threads: each thread takes several,
-    e.g. so that each part's output still sits in cache when the part ends)."""
+def for_ranges(fn: Callable[[int, int], object], total: int, grain: int, align: int = 1) -> None:
+    """fn(lo, hi) for the ranges of `split(total, grain, align)`, in parallel."""
     parts = split(total, grain, align)
-    if block is not None and len(parts) * block < total and not getattr(_local, "inside", False):
-        parts = ranges(total, -(-total // max(1, block)), align)
     if len(parts) == 1:
         fn(*parts[0])
         return

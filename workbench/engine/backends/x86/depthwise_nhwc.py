@@ -1,0 +1,152 @@
+"""Depthwise convolution computed channels-last: the ``depthwise_nhwc`` Conv algorithm.
+
+The NCHW depthwise kernel (`ops_conv._depthwise`) vectorizes along an image row, which is
+fast on MobileNet's large early planes but not on its late ones: a 7x7 plane gives a
+vector loop nothing to do, and the per-channel set-up dominates (960 channels of 7x7
+took ~7x onnxruntime's time). Channels-last, one output pixel is a run of C contiguous
+values and each tap one vector multiply-add per 8 channels, whatever the plane's size. So this
+algorithm transposes each image to (H, W, C), convolves there, and transposes back one
+channel range per thread, running the fused epilogue (`post`) on each range while it is
+still in cache. The transposes cost a pass over the input and the output each, which the
+larger planes do not win back: `ops_conv` makes this the default up to `SMALL_PLANE`
+input pixels (where selection seldom measures: those convolutions are mostly under
+`autotune.MIN_FLOPS`) and lets selection measure it against the NCHW kernel above.
+
+Weights are packed as (kh*kw, C): tap t of every channel is one contiguous row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _parallel
+from ._numba import njit, scratch, u64
+
+# Input pixels per plane up to which channels-last is the default. Measured here on
+# MobileNetV2's shapes (one node, 2 threads, ms NCHW -> channels-last): 960x7x7 0.64 ->
+# 0.22, 576x14x14 stride 2 0.59 -> 0.24, 576x14x14 0.61 -> 0.42, 384x14x14 0.41 -> 0.30;
+# but 192x28x28 0.26 -> 0.40 and 144x56x56 0.84 -> 1.59, where the two transposes
+# (~0.7 ns a value each way) cost more than the vector loop gains.
+SMALL_PLANE = 14 * 14
+
+# rows of the strided side of a transpose per tile: the cache lines of 64 rows stay in L1
+# while the tile's contiguous side is written (an 8x8-tile version measured no faster)
+_TILE = 64
+
+
+@njit
+def _chw_to_hwc(src, c, p, c0, c1, dst):  # pragma: no cover - compiled
+    """dst[q, k] = src[k, q] for channels c0..c1-1 (src (c, p), dst (p, c), both flat)."""
+    for t0 in range(c0, c1, _TILE):
+        t1 = min(t0 + _TILE, c1)
+        for q in range(p):
+            for k in range(t0, t1):
+                dst[u64(q * c + k)] = src[u64(k * p + q)]
+
+
+@njit
+def _hwc_to_chw(src, p, c, c0, c1, dst):  # pragma: no cover - compiled
+    """dst[k, q] = src[q, k] for channels c0..c1-1 (src (p, c), dst (c, p), both flat)."""
+    for t0 in range(0, p, _TILE):
+        t1 = min(t0 + _TILE, p)
+        for k in range(c0, c1):
+            for q in range(t0, t1):
+                dst[u64(k * p + q)] = src[u64(q * c + k)]
+
+
+@njit
+def _depthwise_hwc(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, y):
+    """Output rows r0..r1-1 of a depthwise conv of one channels-last image: y[i, j, :] =
+    b + sum over taps (a, e) of w[a*kw + e, :] * x[i*sh - pt + a*dh, j*sw - pl + e*dw, :]
+    (x (h, wd, c), w (kh*kw, c), y (oh, ow, c), all flat; taps in the padding skipped)."""
+    rs, cs = dh * wd * c, dw * c  # one tap down, one tap right
+    for i in range(r0, r1):
+        top = i * sh - pt
+        rows_in = top >= 0 and top + (kh - 1) * dh < h
+        for j in range(ow):
+            yo = (i * ow + j) * c
+            left = j * sw - pl
+            if kh == 3 and kw == 3 and rows_in and left >= 0 and left + 2 * dw < wd:
+                # an interior 3x3 window: three passes of three taps. One pass of nine
+                # reads 19 arrays at once, past LLVM's limit on the runtime alias checks
+                # it vectorizes under (measured 1.3x slower).
+                o0 = (top * wd + left) * c
+                o1, o2 = o0 + rs, o0 + 2 * rs
+                for k in range(c):
+                    y[u64(yo + k)] = (
+                        b[k] + x[u64(o0 + k)] * w[u64(k)]
+                        + x[u64(o0 + cs + k)] * w[u64(c + k)]
+                        + x[u64(o0 + 2 * cs + k)] * w[u64(2 * c + k)]
+                    )  # fmt: skip
+                for k in range(c):
+                    y[u64(yo + k)] += (
+                        x[u64(o1 + k)] * w[u64(3 * c + k)]
+                        + x[u64(o1 + cs + k)] * w[u64(4 * c + k)]
+                        + x[u64(o1 + 2 * cs + k)] * w[u64(5 * c + k)]
+                    )  # fmt: skip
+                for k in range(c):
+                    y[u64(yo + k)] += (
+                        x[u64(o2 + k)] * w[u64(6 * c + k)]
+                        + x[u64(o2 + cs + k)] * w[u64(7 * c + k)]
+                        + x[u64(o2 + 2 * cs + k)] * w[u64(8 * c + k)]
+                    )  # fmt: skip
+                continue
+            for k in range(c):
+                y[u64(yo + k)] = b[k]
+            for a in range(kh):
+                ii = top + a * dh
+                if ii < 0 or ii >= h:
+                    continue
+                for e in range(kw):
+                    jj = left + e * dw
+                    if jj < 0 or jj >= wd:
+                        continue
+                    xo = (ii * wd + jj) * c
+                    wo = (a * kw + e) * c
+                    for k in range(c):
+                        y[u64(yo + k)] += x[u64(xo + k)] * w[u64(wo + k)]
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """(C, 1, kh, kw) -> (kh*kw, C) float32, contiguous."""
+    c = w.shape[0]
+    return np.ascontiguousarray(np.asarray(w, np.float32).reshape(c, -1).T)
+
+
+def conv(
+    g: Any, x4: np.ndarray, wt: np.ndarray, bias: np.ndarray, y: np.ndarray, post: Any = None
+) -> None:
+    """y (N, C, OH, OW) = the depthwise conv of x4 (N, C, H, W) by wt (kh*kw, C) plus bias,
+    channels-last inside; `post(y, n, c0, c1, 0, OH*OW)` on each block of channels as soon
+    as it is back in NCHW (g: ops_conv._ConvGeom with one channel per group)."""
+    c, hw, p = g.c, g.h * g.w, g.oh * g.ow
+    work = scratch(((hw + p) * c,), "depthwise channels-last buffers")
+    xt, yt, wf = work[: hw * c], work[hw * c :], wt.reshape(-1)
+    row_grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
+    for n in range(g.n):
+        xf, yf = x4[n].reshape(-1), y[n].reshape(-1)
+
+        def to_hwc(lo: int, hi: int, xf: np.ndarray = xf) -> None:
+            _chw_to_hwc(xf, c, hw, lo, hi, xt)
+
+        def rows(lo: int, hi: int) -> None:
+            _depthwise_hwc(
+                xt, wf, bias, g.h, g.w, c, g.kh, g.kw,
+                g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow, lo, hi, yt,
+            )  # fmt: skip
+
+        def to_chw(lo: int, hi: int, yf: np.ndarray = yf, n: int = n) -> None:
+            _hwc_to_chw(yt, p, c, lo, hi, yf)
+            if post is not None:  # the fused epilogue on these channels, still in cache
+                post(y, n, lo, hi, 0, p)
+
+        _parallel.for_ranges(to_hwc, c, _grain(hw), align=16)
+        _parallel.for_ranges(rows, g.oh, row_grain)
+        _parallel.for_ranges(to_chw, c, _grain(p), align=16)
+
+
+def _grain(pixels: int) -> int:
+    """Channels per thread's part of a transpose: ~64k values (a handoff costs ~20 us)."""
+    return max(1, (1 << 16) // max(1, pixels))
