@@ -1,7 +1,8 @@
 """x86 pooling: MaxPool (with its optional Indices output), AveragePool, GlobalAveragePool
 and GlobalMaxPool.
 
-1-D and 2-D windows run in numba loops (``window_loop``; 1-D as height 1); 3-D pools and
+1-D and 2-D windows run in numba loops (``window_loop``; 1-D as height 1; MaxPool's planes
+split over the threads unless Indices are asked for); 3-D pools and
 non-float32 average pools use numpy strided windows (``generic``); a 3-D MaxPool asked
 for its Indices is declined (the reference backend runs it). The global pools are numpy
 reductions (``reduce``). Output sizes follow the ONNX/PyTorch rule for ceil_mode: the
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..base import deliver, dest
 from ..common import conv_pads
+from . import _parallel
 from ._numba import declines_dtype, njit, u64, valid_range, wants_output
 from ._table import kernels
 
@@ -311,11 +313,23 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
         if want_idx:
             idx = np.empty((n * c, oh, ow), np.int64) if oi is None else oi.reshape(n * c, oh, ow)
         x1 = np.ascontiguousarray(x).reshape(-1)
-        low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        _maxpool2d(
-            x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, x.dtype.type(low),
-            y.reshape(-1), idx.reshape(-1), want_idx, col_major,
-        )  # fmt: skip
+        low = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
+        y1, i1 = y.reshape(-1), idx.reshape(-1)
+        if want_idx:  # (indices count from the whole tensor's start: one part)
+            _maxpool2d(
+                x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low,
+                y1, i1, True, col_major,
+            )  # fmt: skip
+        else:
+
+            def part(lo: int, hi: int) -> None:
+                _maxpool2d(
+                    x1[lo * h * w : hi * h * w], hi - lo, h, w, kh, kw, sh, sw, dh, dw,
+                    pt, pl, oh, ow, low, y1[lo * oh * ow : hi * oh * ow], i1, False, col_major,
+                )  # fmt: skip
+
+            # planes split over the threads: ~32k window taps a part at least
+            _parallel.for_ranges(part, n * c, max(1, (1 << 15) // max(1, oh * ow * kh * kw)))
         y = y.reshape(n, c, *g.out) if o is None else o
         if want_idx:
             return (y, idx.reshape(n, c, *g.out) if oi is None else oi)
