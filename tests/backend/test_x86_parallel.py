@@ -103,6 +103,27 @@ def test_split_depthwise_matches_reference(two_threads, stride):
     assert_close(got, ref)
 
 
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+        {"kernel_shape": [2, 3], "strides": [2, 1], "pads": [0, 1, 1, 0], "ceil_mode": 1},
+        {"kernel_shape": [3], "strides": [2], "dilations": [2]},
+    ],
+)
+def test_split_maxpool_matches_reference(two_threads, attrs):
+    """MaxPool's planes split over the threads (2 images x 5 channels: parts that do not
+    start at an image's edge); with Indices asked for it stays one part, also checked."""
+    rng = np.random.default_rng(5)
+    shape = (2, 5, 11) if len(attrs["kernel_shape"]) == 1 else (2, 5, 9, 11)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    for outputs in (1, 2):
+        got = run_node("x86", "MaxPool", [x], attrs, n_outputs=outputs)
+        ref = run_node("reference", "MaxPool", [x], attrs, n_outputs=outputs)
+        for g, r in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(g, r)
+
+
 @pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet_v2", "tiny_bert"])
 def test_zoo_models_split_everywhere_match_reference(two_threads, name):
     """Every kernel split (fused epilogues run block by block inside the conv: residuals,
