@@ -6,6 +6,9 @@ records it as `run.algorithm`:
 - ``gemm_1x1``: 1x1 kernel, stride 1, no padding; the input already is the GEMM operand.
 - ``depthwise``: one input channel per group; a direct numba loop over phase planes of
   the padded image (GEMM would be K=k*k; see `_depthwise`).
+- ``depthwise_nhwc``: the same with one output channel per input channel on planes of at
+  most 14x14: computed channels-last, where small planes still fill vectors
+  (depthwise_nhwc.py).
 - ``im2col_gemm``: numba packs the windows into columns, one GEMM per image.
 - ``grouped_im2col_gemm``: the same columns, one GEMM per group (a stacked matmul).
 - ``generic``: 3-D and higher, or non-float32 tensors at run time: numpy windows.
@@ -15,12 +18,14 @@ alternatives on each input shape (at compile time when shape inference knows it,
 the first call) and keeps the fastest, its weight packed its way: ``im2col_gemm_t`` and
 ``gemm_1x1_t`` (BLAS computes the transposed product), ``im2col_gemm_mkl`` and
 ``gemm_1x1_mkl`` (the same GEMMs by MKL, when installed: see _mkl.py), ``winograd_f2`` /
-``winograd_f4`` (winograd.py; 3x3 stride 1), ``grouped_im2col_gemm`` for depthwise; ``generic`` only
-when forced by name. `run.algorithm` and `run.candidates` then say what it chose.
+``winograd_f4`` (winograd.py; 3x3 stride 1), ``depthwise`` / ``depthwise_nhwc`` and
+``grouped_im2col_gemm`` for depthwise; ``generic`` only when forced by name.
+`run.algorithm` and `run.candidates` then say what it chose.
 
 Every algorithm splits its work over the kernels' threads (_parallel.py): im2col by input
 channels, the GEMM by output positions (or by output channels when there are few),
-depthwise by channels, Winograd phase by phase.
+depthwise by channels (channels-last: by output rows, its transposes by channels),
+Winograd phase by phase.
 
 ConvTranspose is a GEMM (weights^T x input) followed by a numba col2im scatter-add
 (``gemm_col2im``). 1-D tensors run as 2-D ones of height 1. The float32 paths write into
