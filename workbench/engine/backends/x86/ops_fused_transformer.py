@@ -89,7 +89,7 @@ def _exp32(v):  # pragma: no cover - compiled
     (a masked BERT row took 5x longer)."""
     tiny = v < _EXP32_LOW
     v = max(v, _EXP32_LOW)
-    n = math.floor(v * _LOG2E32 + F32.type(0.5))
+    n = np.floor(v * _LOG2E32 + F32.type(0.5))  # (math.floor gives an int64: scalar code)
     r = v - n * _LN2_HI
     r = r - n * _LN2_LO
     r2 = r * r
@@ -121,8 +121,10 @@ _NO_MASK = np.zeros(1, F32)
 _LANES = 16  # partial maxima kept side by side: a zmm register of float32
 
 
-# reassoc lets LLVM vectorize the float64 sum (a fixed order per shape, so results are
-# deterministic). The row max is taken in _LANES independent lanes: a plain running max
+# reassoc lets LLVM vectorize the sum (a fixed order per shape, so results are
+# deterministic), in float32 lanes: a float64 sum converted each term and took the exp
+# loop from 0.17 to 0.32 ms on BERT's 1536 rows of 128 (the lanes' partial sums keep its
+# error near 1e-7 of the total). The row max is taken in _LANES independent lanes: a plain running max
 # does not vectorize (numba's max keeps NaN semantics), and was a third of the time.
 @njit(fastmath={"reassoc", "nsz"})
 def _softmax_rows(s, nh, nq, mask, strides, has_mask, scale, causal, offset):  # pragma: no cover
@@ -156,7 +158,7 @@ def _softmax_rows(s, nh, nq, mask, strides, has_mask, scale, causal, offset):  #
             top = max(top, acc[lane])
         for j in range(full, n):
             top = max(top, row[u64(j)])
-        total = 0.0
+        total = F32.type(0.0)
         for j in range(n):
             e = _exp32(row[u64(j)] - top)
             row[u64(j)] = e
