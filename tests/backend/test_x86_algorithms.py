@@ -182,6 +182,40 @@ def test_matmul_and_gemm_algorithms_match_reference(alg):
     assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("act", ["Gelu", "Relu"])
+@pytest.mark.parametrize(
+    "alg",
+    [
+        "gemm",
+        "gemm_t",
+        "gemm_bt",
+        "gemm_cols",
+        "gemm_t_cols",
+        mkl("mkl_packed"),
+        mkl("mkl_packed_cols"),
+    ],
+)
+def test_fused_matmul_epilogue_on_each_part_matches_reference(alg, act):
+    """FusedMatMul's epilogue (bias, activation) runs on each part's block of the output
+    right after its product, by rows or by columns: every element once, also where the
+    output is the planner's buffer."""
+    a, b, bias = f32(2, 19, 17), f32(17, 37), f32(37)
+    attrs = {"activation": act}
+    with autotune.settings(force={"MatMul": alg}):
+        model, feeds = node_model(
+            "FusedMatMul", [a, b, bias], attrs, domain="workbench", consts=(1, 2)
+        )
+        sess = wb.Session(wb.load(model, check=False), "x86")
+    (step,) = sess.plan.steps
+    assert step.kernel.algorithm == f"{alg}+epilogue"
+    want = wb.Session(wb.load(model, check=False), "reference").run(feeds)["out0"]
+    assert_close(sess.run(feeds)["out0"], want, rtol=1e-5, atol=1e-6)
+    buf = np.full(want.shape, np.nan, np.float32)
+    (got,) = step.run(a, b, bias, out=(buf,))
+    assert got is buf
+    assert_close(buf, want, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_conv_shows_the_selected_algorithm():
     x, w, b = f32(1, 4, 6, 6), f32(5, 4, 3, 3), f32(5)
     attrs = {"pads": [1, 1, 1, 1], "activation": "Relu"}

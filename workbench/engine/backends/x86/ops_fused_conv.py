@@ -208,6 +208,17 @@ def _epilogue_rows(y, b, z, rows, cols, act, p0, p1):  # pragma: no cover - comp
 
 
 @njit
+def _epilogue_tile(y, b, cols, r0, r1, c0, c1, act, p0, p1):  # pragma: no cover - compiled
+    """y[r, c] = act(y[r, c] + b[c]) in place for rows r0..r1-1 and columns c0..c1-1 of y,
+    flat (rows, cols): one part's block of a FusedMatMul."""
+    for r in range(r0, r1):
+        base = r * cols
+        for c in range(c0, c1):
+            y[u64(base + c)] += b[u64(c)]
+        _activate(y, base + c0, base + c1, act, p0, p1)
+
+
+@njit
 def _epilogue_block(y, b, z, p, c0, c1, q0, q1, act, p0, p1):  # pragma: no cover - compiled
     """y[c, q] = act(y[c, q] + b[c] + z[c, q]) in place for channels c0..c1-1 and positions
     q0..q1-1 of one image (y, z flat (channels, p)); an empty z means no residual."""
@@ -467,15 +478,20 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
     bias = None if b_const is None else np.array(b_const.reshape(-1), dtype=np.float32)
 
     def run(a, b, bias_in=None, out=None):
+        given = bias if bias is not None else bias_in
+        if getattr(matmul, "takes_post", False) and a.ndim >= 2 and all_f32(a, b):
+            # the epilogue on each part's block as soon as its product is done, on the
+            # same thread, while the block is in that core's cache (no second pass)
+            bv = _bias_vector(given, b.shape[-1])
+
+            def post(o2, r0, r1, c0, c1):
+                _epilogue_tile(o2.reshape(-1), bv, o2.shape[1], r0, r1, c0, c1, *act)
+
+            return _call(matmul, out, a, b, post=post)
         (res,) = _call(matmul, out, a, b)
         y = _owned(res)
         cols = y.shape[-1] if y.ndim else 1
-        given = bias if bias is not None else bias_in
-        ready = given is not None and given.size == cols and given.ndim <= 1
-        if ready and given.dtype == np.float32 and given.flags.writeable:
-            bv = given
-        else:
-            bv = _vector(given, cols, "FusedMatMul Bias")
+        bv = _bias_vector(given, cols)
         epilogue_rows(y.reshape(-1), bv, _EMPTY, y.size // max(1, cols), cols, *act)
         return (_finish(y, res, out),)
 
@@ -483,3 +499,11 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
     run.writes_out = getattr(matmul, "writes_out", False)
     _relay(matmul, run)
     return run
+
+
+def _bias_vector(given: np.ndarray | None, cols: int) -> np.ndarray:
+    """FusedMatMul's Bias as the epilogue reads it: float32, writeable, one per column."""
+    ready = given is not None and given.size == cols and given.ndim <= 1
+    if ready and given.dtype == np.float32 and given.flags.writeable:
+        return given
+    return _vector(given, cols, "FusedMatMul Bias")

@@ -64,7 +64,7 @@ def _exp64(v):  # pragma: no cover - compiled
     r^10 (relative error < 3e-13); 2^n made in the exponent bits. v is clamped to
     [-700, 700], where float32 results are 0 and inf anyway."""
     v = min(max(v, -700.0), 700.0)  # (v first: NaN stays NaN)
-    n = math.floor(v * _LOG2E + 0.5)
+    n = np.floor(v * _LOG2E + 0.5)  # (math.floor gives an int64: scalar code)
     r = v - n * _LN2
     r2 = r * r
     ev = (((1 / 3628800 * r2 + 1 / 40320) * r2 + 1 / 720) * r2 + 1 / 24) * r2 + 0.5
@@ -124,8 +124,9 @@ _LANES = 16  # partial maxima kept side by side: a zmm register of float32
 # reassoc lets LLVM vectorize the sum (a fixed order per shape, so results are
 # deterministic), in float32 lanes: a float64 sum converted each term and took the exp
 # loop from 0.17 to 0.32 ms on BERT's 1536 rows of 128 (the lanes' partial sums keep its
-# error near 1e-7 of the total). The row max is taken in _LANES independent lanes: a plain running max
-# does not vectorize (numba's max keeps NaN semantics), and was a third of the time.
+# error near 1e-7 of the total). The row max is taken in _LANES independent lanes: a
+# plain running max does not vectorize (numba's max keeps NaN semantics), and was a third
+# of the time.
 @njit(fastmath={"reassoc", "nsz"})
 def _softmax_rows(s, nh, nq, mask, strides, has_mask, scale, causal, offset):  # pragma: no cover
     """Each row of `s` (flat float32 [b * nh * nq rows, nk], in place) becomes

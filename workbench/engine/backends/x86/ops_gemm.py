@@ -109,7 +109,9 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
         bm = np.ascontiguousarray(b_const)
         k, n = bm.shape
 
-        def run_flat(x, b, out=None):
+        def run_flat(x, b, out=None, post=None):
+            """`post` (float32 x of 2 or more dims only, see _gemm_builders): the
+            epilogue, on blocks of the output as the parts finish them."""
             o = _same_dtype(dest(out), x, bm)
             if x.ndim < 2:
                 y = np.matmul(x, bm, out=o)
@@ -119,8 +121,10 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
             if tuned is not None and x.dtype == np.float32:
                 x2 = np.ascontiguousarray(x).reshape(-1, k)
                 o2 = np.empty((x2.shape[0], n), np.float32) if o is None else o.reshape(-1, n)
-                tuned(x2, o2)
+                tuned(x2, o2, post)
                 return (o if o is not None else o2.reshape(*x.shape[:-1], n),)
+            if post is not None:  # (not selected: float32 x by a constant of another dtype)
+                raise ValueError("MatMul: a fused epilogue needs float32 operands")
             y = np.matmul(x.reshape(-1, k), bm, out=None if o is None else o.reshape(-1, n))
             if o is not None:
                 return (o,)
@@ -129,6 +133,7 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
         run_flat.algorithm, run_flat.writes_out = "gemm_flat", True
         tuned = None
         if _tunable(bm):
+            run_flat.takes_post = True
             run_flat.listeners, run_flat.candidates, run_flat.suffix = [], {}, "_flat"
             tuned = _TunedProduct("MatMul", bm, run_flat)
             rows = _static_rows(node)
@@ -166,6 +171,10 @@ def split_rows(x2: np.ndarray, b: np.ndarray, o2: np.ndarray) -> np.ndarray:
     return o2
 
 
+# (o2, r0, r1, c0, c1): a block of a product's output, rows r0..r1-1 and columns c0..c1-1
+Post = Callable[[np.ndarray, int, int, int, int], None]
+
+
 def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     """`name -> build() -> fn(x2, o2)` computing o2 = x2 @ bm for 2-D float32 x2, o2: BLAS
     on bm as given (``gemm``), on the product transposed (``gemm_t``: o2^T = bm^T x2^T,
@@ -173,20 +182,33 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     copy of bm made once (``gemm_bt``), split by rows of x2; or split by columns of bm
     (``gemm_cols``, ``gemm_t_cols``); with MKL installed, also MKL's GEMM on bm packed
     once, split by rows (``mkl_packed``: every thread reads the one packed copy) or by
-    columns (``mkl_packed_cols``: each column range packed on its first call)."""
+    columns (``mkl_packed_cols``: each column range packed on its first call).
+
+    `fn(x2, o2, post)` calls `post(o2, r0, r1, c0, c1)` on each part's block of o2 (rows
+    r0..r1-1, columns c0..c1-1) right after its product, on the thread that made it: a
+    fused epilogue then works on the block while it is in that core's cache, and needs
+    no handoff of its own."""
     k, n = bm.shape
 
     def by_rows(product: Callable) -> Callable:
-        def fn(x2, o2):
-            g = grain(2.0 * k * n)
-            _parallel.for_ranges(lambda lo, hi: product(x2[lo:hi], o2[lo:hi]), len(x2), g)
+        def fn(x2, o2, post=None):
+            def part(lo: int, hi: int) -> None:
+                product(x2[lo:hi], o2[lo:hi])
+                if post is not None:
+                    post(o2, lo, hi, 0, n)
+
+            _parallel.for_ranges(part, len(x2), grain(2.0 * k * n))
 
         return fn
 
     def by_cols(product: Callable) -> Callable:
-        def fn(x2, o2):
-            g = grain(2.0 * k * len(x2))
-            _parallel.for_ranges(lambda lo, hi: product(x2, o2, lo, hi), n, g, align=16)
+        def fn(x2, o2, post=None):
+            def part(lo: int, hi: int) -> None:
+                product(x2, o2, lo, hi)
+                if post is not None:
+                    post(o2, 0, len(x2), lo, hi)
+
+            _parallel.for_ranges(part, n, grain(2.0 * k * len(x2)), align=16)
 
         return fn
 
@@ -240,11 +262,11 @@ class _TunedProduct:
         self.op, self.bm, self.run = op, bm, run
         self.fns: dict[int, Callable] = {}
 
-    def __call__(self, x2: np.ndarray, o2: np.ndarray) -> np.ndarray:
+    def __call__(self, x2: np.ndarray, o2: np.ndarray, post: Post | None = None) -> np.ndarray:
         fn = self.fns.get(x2.shape[0])
         if fn is None:
             fn = self.select(x2.shape[0])
-        fn(x2, o2)
+        fn(x2, o2, post)
         return o2
 
     def select(self, rows: int) -> Callable:
