@@ -75,11 +75,19 @@ DEPTHWISE = [
     ((2, 3, 9, 8), (6, 1, 3, 3), {"group": 3, "pads": [0, 1, 2, 0], "dilations": [1, 2]}),
 ]
 # one output channel per input channel (channels-last applies): 3x3 windows inside the
-# image and at its edges, stride 2, dilation, asymmetric pads, other kernel sizes, a 1-D
-# conv, 17 and 37 channels (not multiples of the vector width) and tiles of 64 crossed
+# image and at its edges, strides 2 and 3 and mixed (each has its own way of splitting
+# rows into phase planes), dilation, asymmetric pads, other kernel sizes, a 1-D conv, 17
+# and 37 channels (not multiples of the vector width) and tiles of 64 crossed
 DEPTHWISE_1 = [
     ((2, 17, 9, 7), (17, 1, 3, 3), {"group": 17, "pads": [1, 1, 1, 1]}),
     ((1, 37, 11, 10), (37, 1, 3, 3), {"group": 37, "strides": [2, 2], "pads": [0, 1, 1, 0]}),
+    ((1, 6, 13, 14), (6, 1, 3, 3), {"group": 6, "strides": [3, 3], "pads": [1, 2, 0, 1]}),
+    (
+        (2, 7, 10, 11),
+        (7, 1, 3, 3),
+        {"group": 7, "strides": [1, 2], "dilations": [2, 2], "pads": [1, 1, 2, 2]},
+    ),
+    ((1, 4, 9, 9), (4, 1, 3, 3), {"group": 4, "strides": [2, 1], "pads": [1, 0, 1, 1]}),
     ((2, 5, 12, 9), (5, 1, 3, 3), {"group": 5, "dilations": [2, 3], "pads": [2, 3, 2, 3]}),
     ((1, 70, 6, 5), (70, 1, 5, 3), {"group": 70, "pads": [2, 1, 1, 0]}),
     ((2, 9, 13), (9, 1, 4), {"group": 9, "strides": [2], "pads": [1, 2]}),

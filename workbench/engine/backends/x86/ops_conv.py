@@ -95,7 +95,9 @@ def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
                         col[u64(dst + q)] = 0.0
 
 
-@njit
+# contract: each tap a fused multiply-add (the order of the sum unchanged, one rounding
+# less per tap); 10-17% faster on MobileNetV2's stride-1 planes
+@njit(fastmath={"contract"})
 def _depthwise(x, w, b, m0, m1, mult, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, y):
     """Direct convolution of output channels m0..m1-1 of one image, where output channel m
     reads input channel m // mult only (x (C, H, W), w (M, kh, kw), y (M, OH, OW), flat).
@@ -113,30 +115,47 @@ def _depthwise(x, w, b, m0, m1, mult, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, oh,
     acc = np.empty(oh * ws, np.float32)
     offs = np.empty(kh * kw, np.int64)  # each tap's plane and offset in `planes`
     n_out = oh * ws
+    # one zero-padded input row: its columns t = q * sw + c go to column q of phase c.
+    # With stride 2 the two phases are read in one loop (x[2q], x[2q + 1]): LLVM
+    # vectorizes that pair as one interleaved load, where a loop per phase reading every
+    # other value stayed scalar (MobileNetV2's 96x112x112 stride-2 layer: 1.36 ms).
+    line = np.zeros(ws * sw, np.float32)
+    lo, hi = valid_range(-pl, 1, wd, ws * sw)
     for m in range(m0, m1):
         xb = (m // mult) * h * wd
         for a in range(sh):
-            for c in range(sw):
-                pb = (a * sw + c) * size
-                for r in range(hs):
-                    ih = r * sh + a - pt
-                    dst = pb + r * ws
-                    if ih < 0 or ih >= h:
+            for r in range(hs):
+                ih = r * sh + a - pt
+                if ih < 0 or ih >= h:
+                    for c in range(sw):
+                        dst = (a * sw + c) * size + r * ws
                         for q in range(ws):
                             planes[u64(dst + q)] = 0.0
-                        continue
-                    lo, hi = valid_range(c - pl, sw, wd, ws)
+                    continue
+                if sw == 1:  # (a contiguous copy: vectorized)
+                    dst = a * size + r * ws
+                    src = xb + ih * wd - pl
                     for q in range(lo):
                         planes[u64(dst + q)] = 0.0
-                    src = xb + ih * wd + c - pl
-                    if sw == 1:  # (a contiguous copy: vectorized)
-                        for q in range(lo, hi):
-                            planes[u64(dst + q)] = x[u64(src + q)]
-                    else:
-                        for q in range(lo, hi):
-                            planes[u64(dst + q)] = x[u64(src + q * sw)]
+                    for q in range(lo, hi):
+                        planes[u64(dst + q)] = x[u64(src + q)]
                     for q in range(hi, ws):
                         planes[u64(dst + q)] = 0.0
+                    continue
+                src = xb + ih * wd - pl
+                for t in range(lo, hi):
+                    line[u64(t)] = x[u64(src + t)]
+                if sw == 2:
+                    d0 = (a * 2) * size + r * ws
+                    d1 = d0 + size
+                    for q in range(ws):
+                        planes[u64(d0 + q)] = line[u64(2 * q)]
+                        planes[u64(d1 + q)] = line[u64(2 * q + 1)]
+                else:
+                    for c in range(sw):
+                        dst = (a * sw + c) * size + r * ws
+                        for q in range(ws):
+                            planes[u64(dst + q)] = line[u64(q * sw + c)]
         bv = b[m]
         for t in range(kh * kw):
             i, j = t // kw, t % kw
