@@ -42,7 +42,7 @@ def _ort_session(proto, threads: int):
 
 
 def measure(
-    name: str, backend: str, repeat: int, warmup: int, threads: int, block: int = 5, level: int = 2
+    name: str, backend: str, repeat: int, warmup: int, threads: int, block: int = 5, level: int = 3
 ) -> dict:
     import workbench as wb
     from workbench import zoo
@@ -159,7 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--block", type=int, default=5, help="runs per engine before switching")
-    p.add_argument("--level", type=int, default=2, help="our opt level (onnxruntime: all on)")
+    p.add_argument(
+        "--level", type=int, default=3, help="our opt level, 3 = all (onnxruntime: all on)"
+    )
     p.add_argument("--reference-runs", type=int, default=1, help="onnx.reference runs (1-3)")
     p.add_argument("--no-reference", action="store_true", help="skip onnx.reference")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS processes")

@@ -1,6 +1,6 @@
 """Check every full-size zoo model: x86 == reference == onnxruntime within 1e-4 of max |y|.
 
-    python scripts/check_zoo.py [--models resnet50,bert]   (make check-zoo)
+    python scripts/check_zoo.py [--models resnet50,bert] [--levels 2,3]   (make check-zoo)
 
 The tiny variants are checked the same way in tests/backend/test_zoo_models.py.
 """
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--backends", default="x86")
+    p.add_argument("--levels", default="2,3", help="opt levels to check each backend at")
     args = p.parse_args(argv)
     failed = 0
     for name in args.models.split(","):
@@ -51,10 +52,11 @@ def main(argv=None) -> int:
         line = [f"{name:13}", f"reference vs ort {_worst(want, ort_out):.1e}"]
         ok = _worst(want, ort_out) <= TOL
         for b in args.backends.split(","):
-            out = wb.Session(model, b).run(feeds)
-            e_ref, e_ort = _worst(out, want), _worst(out, ort_out)
-            ok &= e_ref <= TOL and e_ort <= TOL
-            line.append(f"{b} vs reference {e_ref:.1e}, vs ort {e_ort:.1e}")
+            for level in (int(v) for v in args.levels.split(",")):
+                out = wb.Session(model, b, level=level).run(feeds)
+                e_ref, e_ort = _worst(out, want), _worst(out, ort_out)
+                ok &= e_ref <= TOL and e_ort <= TOL
+                line.append(f"{b}@{level} vs reference {e_ref:.1e}, vs ort {e_ort:.1e}")
         line.append(f"{'ok' if ok else 'FAIL'} ({time.perf_counter() - t0:.1f}s)")
         print("  ".join(line), flush=True)
         failed += not ok

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("optimize", help="run the passes; print what changed; export the result")
     o.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="ONNX file or zoo model name")
-    o.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions")
+    o.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions, 3 layout")
     o.add_argument("--backend", default="x86", help="the backend the fusions target")
     o.add_argument("--disable", help="comma-separated pass names to skip")
     o.add_argument("-o", "--output", help="write the optimized ONNX model here")

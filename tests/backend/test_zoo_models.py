@@ -52,3 +52,11 @@ def test_backend_matches_reference_and_onnxruntime(tiny, backend):
     out = wb.Session(model, backend).run(feeds)
     _assert_matches(out, ref_out, f"{name} {backend} vs reference")
     _assert_matches(out, _ort(proto, feeds), f"{name} {backend} vs onnxruntime")
+
+
+def test_x86_level_3_matches_reference_and_onnxruntime(tiny):
+    """Opt level 3 adds the channels-last layout (MobileNetV2's chains); the rest as level 2."""
+    name, proto, model, feeds, ref_out = tiny
+    out = wb.Session(model, "x86", level=3).run(feeds)
+    _assert_matches(out, ref_out, f"{name} x86 level 3 vs reference")
+    _assert_matches(out, _ort(proto, feeds), f"{name} x86 level 3 vs onnxruntime")

@@ -313,7 +313,7 @@ def _activation(node: Node) -> int:
     return ACTIVATION_COST.get(act, 1)
 
 
-@rule("workbench:FusedConv")
+@rule("workbench:FusedConv", "workbench:FusedConvNHWC")  # (FLOPs do not depend on the layout)
 def _fused_conv(node: Node, ins: Specs, outs: Specs) -> float:
     y = _out(outs)
     extra = sum(1 for i in range(2, len(ins)) if ins[i] is not None)  # bias, residual

@@ -28,6 +28,7 @@ import traitlets
 
 from ..engine.backends import backends as list_backends
 from ..engine.model import Model
+from ..engine.passes import LEVELS
 from ..errors import WorkbenchError
 from . import figures
 from .detail import DetailPanel, group_detail, node_detail
@@ -165,7 +166,7 @@ class Explorer(widgets.VBox):
             )
         precisions = sorted({p for b in infos if b.available for p in b.precisions} | {precision})
         self.level_w = widgets.Dropdown(
-            options=[0, 1, 2], value=int(level), description="level", layout={"width": "130px"}
+            options=sorted(LEVELS), value=int(level), description="level", layout={"width": "130px"}
         )
         self.precision_w = widgets.Dropdown(
             options=precisions,

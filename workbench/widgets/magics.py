@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="%workbench", add_help=False, usage=USAGE)
     p.add_argument("model", help="an .onnx path or a zoo name")
     p.add_argument("--backends", default=None, help="comma-separated; default: all available")
-    p.add_argument("--level", type=int, choices=(0, 1, 2), default=2)
+    p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2)
     p.add_argument("--precision", default="fp32")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per profile")
     p.add_argument("--dims", default="", help="symbolic dims, e.g. batch=1,sequence=16")

@@ -166,6 +166,8 @@ class Backend:
     precisions: tuple[str, ...] = ("fp32",)
     dtypes: frozenset[str] = frozenset({"float32"})  # float dtypes computed natively
     description: str = ""
+    # opt level 3 moves chains of depthwise and 1x1 convs to NHWC (passes/layout/) for it
+    prefers_channels_last: bool = False
 
     def __init__(self) -> None:
         self.kernels = KernelTable()

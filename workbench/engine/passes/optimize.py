@@ -1,9 +1,10 @@
 """`optimize(model, level, backend)`: run the pipeline, keep before/after and the whole story.
 
 Opt levels: 0 none; 1 cleanup (constant and shape folding, Identity/Dropout elimination,
-dead code, common subexpressions); 2 fusions; 3 layout and algorithm choices (later).
-Passes are discovered: every module in `passes/cleanup/` and `passes/fusion/` that
-defines `PASSES` contributes them, ordered by (level, order).
+dead code, common subexpressions); 2 fusions; 3 layout (channels-last chains of
+convolutions, for the backends that prefer them). Passes are discovered: every module in
+`passes/cleanup/`, `passes/fusion/` and `passes/layout/` that defines `PASSES`
+contributes them, ordered by (level, order).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from .infra import (
     Rejection,
 )
 
-LEVELS = {0: "none", 1: "cleanup", 2: "fusions", 3: "layout and algorithms"}
+LEVELS = {0: "none", 1: "cleanup", 2: "fusions", 3: "layout"}
 
 
 def all_passes() -> list[Pass]:
     """Every pass of the pipeline, ordered by (level, order)."""
     found: list[Pass] = []
-    for sub in ("cleanup", "fusion"):
+    for sub in ("cleanup", "fusion", "layout"):
         pkg = importlib.import_module(f"{__package__}.{sub}")
         for info in pkgutil.iter_modules(pkg.__path__):
             module = importlib.import_module(f"{pkg.__name__}.{info.name}")

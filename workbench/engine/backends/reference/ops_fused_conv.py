@@ -1,5 +1,6 @@
 """Reference kernels of the fused ops of the `workbench` domain, composed of the plain ops
-they stand for: FusedConv is Conv, Add(Z), then the activation's ONNX ops; FusedGemm is
+they stand for: FusedConv is Conv, Add(Z), then the activation's ONNX ops (FusedConvNHWC
+the same between transposes to and from channels-last); FusedGemm is
 Gemm then the activation; FusedMatMul is MatMul, Add(Bias), then the activation.
 
 Each step is this backend's own kernel for the plain op, compiled once per fused node, so a
@@ -109,6 +110,19 @@ def fused_conv(node: Node, ctx: CompileContext) -> KernelFn:
         if z is not None:
             (y,) = add(y, z)
         return (act(y),)
+
+    return run
+
+
+@kernels.register("FusedConvNHWC", domain="workbench", since=1)
+def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn:
+    """FusedConv on channels-last X, Z and Y: the NCHW FusedConv between transposes."""
+    nchw = fused_conv(node, ctx)
+
+    def run(x, w, b=None, z=None):
+        zt = None if z is None else np.transpose(z, (0, 3, 1, 2))
+        (y,) = nchw(np.transpose(x, (0, 3, 1, 2)), w, b, zt)
+        return (np.ascontiguousarray(np.transpose(y, (0, 2, 3, 1))),)
 
     return run
 

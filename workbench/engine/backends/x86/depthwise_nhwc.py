@@ -138,6 +138,30 @@ def conv(
         _parallel.for_ranges(to_chw, c, _grain(p), align=16)
 
 
+def to_channels_last(x: np.ndarray, y: np.ndarray) -> None:
+    """y (N, H, W, C) = x (N, C, H, W) transposed, both float32 and contiguous: the tiled
+    loop above with the channels split over the threads (numpy's strided copy took
+    1.5 ns a value on MobileNetV2's 32x112x112, this ~0.7 on one thread)."""
+    n, c = x.shape[:2]
+    p = x.size // max(1, n * c)
+    xf, yf = x.reshape(n, -1), y.reshape(n, -1)
+    for i in range(n):
+        _parallel.for_ranges(
+            lambda lo, hi, i=i: _chw_to_hwc(xf[i], c, p, lo, hi, yf[i]), c, _grain(p), align=16
+        )
+
+
+def to_channels_first(x: np.ndarray, y: np.ndarray) -> None:
+    """y (N, C, H, W) = x (N, H, W, C) transposed, both float32 and contiguous."""
+    n, c = x.shape[0], x.shape[-1]
+    p = x.size // max(1, n * c)
+    xf, yf = x.reshape(n, -1), y.reshape(n, -1)
+    for i in range(n):
+        _parallel.for_ranges(
+            lambda lo, hi, i=i: _hwc_to_chw(xf[i], p, c, lo, hi, yf[i]), c, _grain(p), align=16
+        )
+
+
 def _grain(pixels: int) -> int:
     """Channels per thread's part of a transpose: ~64k values (a handoff costs ~20 us)."""
     return max(1, (1 << 16) // max(1, pixels))

@@ -7,8 +7,10 @@ Then one numba pass over their fresh output, in place, adds the bias and the res
 and applies the activation while each element sits in a register: the *epilogue*. The
 unfused graph made a pass and a new array for the bias, the Add and the activation each.
 FusedConv hands its epilogue to the conv (`post=`), which runs it on each block of the
-output right after making it, while the block is still in cache; Gemm and MatMul run it
-after the product, its rows split over the threads when the activation is costly.
+output right after making it, while the block is still in cache; so does MatMul (each
+thread's block of the product); Gemm runs it after the product, its rows split over the
+threads when the activation is costly. ops_conv_nhwc.py runs the same epilogue on the
+channels-last convolutions.
 
 The epilogue computes in float32 as the plain kernels do, with two exceptions made for
 speed: exp is a vectorizable polynomial (libm's is a call per element) and exact Gelu is
@@ -208,13 +210,19 @@ def _epilogue_rows(y, b, z, rows, cols, act, p0, p1):  # pragma: no cover - comp
 
 
 @njit
-def _epilogue_tile(y, b, cols, r0, r1, c0, c1, act, p0, p1):  # pragma: no cover - compiled
-    """y[r, c] = act(y[r, c] + b[c]) in place for rows r0..r1-1 and columns c0..c1-1 of y,
-    flat (rows, cols): one part's block of a FusedMatMul."""
+def _epilogue_tile(y, b, z, cols, r0, r1, c0, c1, act, p0, p1):  # pragma: no cover - compiled
+    """y[r, c] = act(y[r, c] + b[c] + z[r, c]) in place for rows r0..r1-1 and columns
+    c0..c1-1 of y and z, flat (rows, cols); an empty z means no residual. One part's block
+    of a FusedMatMul or of a channels-last conv (rows: pixels, columns: channels)."""
+    has_z = z.size > 0
     for r in range(r0, r1):
         base = r * cols
-        for c in range(c0, c1):
-            y[u64(base + c)] += b[u64(c)]
+        if has_z:
+            for c in range(c0, c1):
+                y[u64(base + c)] += b[u64(c)] + z[u64(base + c)]
+        else:
+            for c in range(c0, c1):
+                y[u64(base + c)] += b[u64(c)]
         _activate(y, base + c0, base + c1, act, p0, p1)
 
 
@@ -485,7 +493,7 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
             bv = _bias_vector(given, b.shape[-1])
 
             def post(o2, r0, r1, c0, c1):
-                _epilogue_tile(o2.reshape(-1), bv, o2.shape[1], r0, r1, c0, c1, *act)
+                _epilogue_tile(o2.reshape(-1), bv, _EMPTY, o2.shape[1], r0, r1, c0, c1, *act)
 
             return _call(matmul, out, a, b, post=post)
         (res,) = _call(matmul, out, a, b)

@@ -25,6 +25,7 @@ from ...memory_guard import check_size
 from ..base import deliver, dest
 from ._numba import const_input, has_input
 from ._table import kernels
+from .depthwise_nhwc import to_channels_first, to_channels_last
 from .ops_elementwise import ANY_STD, NUMBERS, dtypes_ok, ints_of
 
 if TYPE_CHECKING:
@@ -129,9 +130,19 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
     perm = node.attrs.get("perm")
     perm = None if perm is None else [int(p) for p in perm]
 
+    layout = {(0, 2, 3, 1): to_channels_last, (0, 3, 1, 2): to_channels_first}.get(
+        tuple(perm or ())
+    )
+
     def run(x, out=None):
-        # copy(): a fresh C-ordered array, never a strided view of the input
         o = dest(out)
+        if layout is not None and x.ndim == 4 and x.dtype == np.float32:
+            # NCHW <-> NHWC (the channels_last pass's transposes): tiled, over the threads
+            y = np.empty(np.transpose(x, perm).shape, np.float32) if o is None else o
+            if y.dtype == np.float32 and y.flags.c_contiguous:
+                layout(np.ascontiguousarray(x), y)
+                return (y,)
+        # copy(): a fresh C-ordered array, never a strided view of the input
         if o is None:
             return (np.transpose(x, perm).copy(),)
         np.copyto(o, np.transpose(x, perm))

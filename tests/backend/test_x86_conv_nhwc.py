@@ -1,0 +1,123 @@
+"""x86 `workbench.FusedConvNHWC` (backends/x86/ops_conv_nhwc.py) against reference on odd
+shapes, with every thread split taken: depthwise with strides 1, 2, 3 and mixed,
+dilations, asymmetric and auto pads, a 5x3 kernel, channel counts that are not multiples
+of the vector width, batch 2; 1x1 by each GEMM algorithm; bias, residual and activations;
+the planner's buffer; and the NCHW <-> NHWC Transpose it relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import workbench as wb
+from workbench import _threads
+from workbench.engine.backends.x86 import _mkl, _parallel, autotune
+from workbench.testing import assert_close, node_model, run_node
+
+rng = np.random.default_rng(17)
+
+
+def f32(*shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def split_everything(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    autotune.clear_memory()
+    saved = _threads.current()
+    _threads.apply(2)
+    with _parallel.always_split():
+        yield
+    _threads.apply(saved)
+    autotune.clear_memory()
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(a, (0, 2, 3, 1)))
+
+
+def _compare(x, w, b, z, attrs, force=None):
+    """x86 against reference on channels-last x (and z), NCHW Conv + epilogue underneath."""
+    inputs = [_nhwc(x), w, b, None if z is None else _nhwc(z)]
+    with autotune.settings(force=force or {}):
+        model, feeds = node_model("FusedConvNHWC", inputs, attrs, domain="workbench", consts=(1, 2))
+        sess = wb.Session(wb.load(model, check=False), "x86", level=0)
+    assert not sess.plan.fallbacks
+    want = wb.Session(wb.load(model, check=False), "reference", level=0).run(feeds)["out0"]
+    got = sess.run(feeds)["out0"]
+    assert got.shape == want.shape
+    assert_close(got, want, rtol=1e-4, atol=1e-5)
+    (step,) = sess.plan.steps
+    return step, feeds, want
+
+
+DEPTHWISE = [
+    ((2, 17, 9, 7), (3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 37, 11, 10), (3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}),
+    ((1, 6, 13, 14), (3, 3), {"strides": [3, 3], "pads": [1, 2, 0, 1]}),
+    ((2, 7, 10, 11), (3, 3), {"strides": [1, 2], "dilations": [2, 2], "pads": [1, 1, 2, 2]}),
+    ((1, 70, 6, 5), (5, 3), {"pads": [2, 1, 1, 0]}),
+    ((1, 24, 7, 7), (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+]
+
+
+@pytest.mark.parametrize("act", ["", "Clip", "Relu"])
+@pytest.mark.parametrize(("xs", "k", "attrs"), DEPTHWISE)
+def test_depthwise_matches_reference(xs, k, attrs, act):
+    c = xs[1]
+    x, w, b = f32(*xs), f32(c, 1, *k), f32(c)
+    full = {**attrs, "group": c}
+    if act:
+        full["activation"] = act
+        if act == "Clip":
+            full["activation_params"] = [-0.5, 1.0]
+    y_nchw = run_node("reference", "Conv", [x, w, b], {**attrs, "group": c}, consts=(1, 2))[0]
+    z = f32(*y_nchw.shape) if act != "Relu" else None  # with and without a residual
+    step, _, _ = _compare(x, w, b, z, full)
+    assert step.kernel.algorithm == "depthwise_nhwc"
+
+
+@pytest.mark.parametrize(
+    "alg",
+    ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols"]
+    + [
+        pytest.param(a, marks=pytest.mark.skipif(not _mkl.available(), reason=_mkl.why()))
+        for a in ("mkl_packed", "mkl_packed_cols")
+    ],
+)
+def test_pointwise_by_each_gemm_matches_reference(alg):
+    x, w, b = f32(2, 19, 5, 7), f32(23, 19, 1, 1), f32(23)
+    z = f32(2, 23, 5, 7)
+    attrs = {"activation": "HardSwish"}
+    step, feeds, want = _compare(x, w, b, z, attrs, force={"MatMul": alg})
+    assert step.kernel.algorithm == f"{alg}_nhwc"
+    # into the planner's buffer, the epilogue on each thread's block
+    buf = np.full(want.shape, np.nan, np.float32)
+    (got,) = step.run(feeds["in0"], w, b, feeds["in3"], out=(buf,))
+    assert got.base is buf or got is buf
+    assert_close(buf, want, rtol=1e-4, atol=1e-5)
+
+
+def test_pointwise_without_bias_or_residual():
+    x, w = f32(1, 5, 3, 4), f32(9, 5, 1, 1)
+    _compare(x, w, None, None, {})
+
+
+def test_other_convolutions_are_declined_and_reference_runs_them():
+    """The pass never emits these; a hand-made graph still runs, on reference."""
+    x, w = f32(1, 4, 6, 6), f32(5, 4, 3, 3)
+    model, feeds = node_model(
+        "FusedConvNHWC", [_nhwc(x), w], {"pads": [1, 1, 1, 1]}, domain="workbench", consts=(1,)
+    )
+    sess = wb.Session(wb.load(model, check=False), "x86", level=0)
+    assert sess.plan.fallbacks
+    want = run_node("reference", "Conv", [x, w], {"pads": [1, 1, 1, 1]}, consts=(1,))[0]
+    assert_close(sess.run(feeds)["out0"], _nhwc(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [0, 1, 3, 2]])
+def test_layout_transposes_match_numpy(perm):
+    x = f32(2, 37, 5, 7)
+    (y,) = run_node("x86", "Transpose", [x], {"perm": perm})
+    assert np.array_equal(y, np.transpose(x, perm))

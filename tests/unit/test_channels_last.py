@@ -1,0 +1,171 @@
+"""The channels_last layout pass (opt level 3): which convolutions move to NHWC, where the
+transposes go, what it refuses and why, provenance, and outputs equal to the unoptimized
+graph on reference and x86 (the zoo's MobileNetV2 too)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import workbench as wb
+from workbench import zoo
+from workbench.engine.passes import optimize
+from workbench.testing import assert_close, graph_model, op_names, rejection_reasons
+
+RNG = np.random.default_rng(5)
+
+
+def _w(*shape: int) -> np.ndarray:
+    return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _block(c: int = 16, e: int = 24, hw: int = 9, extra_output: bool = False) -> wb.Model:
+    """An inverted residual like MobileNetV2's (1x1 expand, Clip; depthwise 3x3, Clip; 1x1
+    project; + the block's input), a stride-2 depthwise and a 1x1 after it, between a 3x3
+    stem conv and a GlobalAveragePool: none of the first or last can be channels-last."""
+    nodes = [
+        helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["s"], name="stem", pads=[1] * 4),
+        helper.make_node("Conv", ["s", "exp_w", "exp_b"], ["e"], name="expand"),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["ea"], name="expand_clip"),
+        helper.make_node("Conv", ["ea", "dw_w", "dw_b"], ["d"], name="dw", group=e, pads=[1] * 4),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["da"], name="dw_clip"),
+        helper.make_node("Conv", ["da", "proj_w", "proj_b"], ["p"], name="project"),
+        helper.make_node("Add", ["p", "s"], ["r"], name="residual"),
+        helper.make_node(
+            "Conv", ["r", "dw2_w"], ["d2"], name="dw2", group=c, strides=[2, 2], pads=[1] * 4
+        ),
+        helper.make_node("Relu", ["d2"], ["d2a"], name="dw2_relu"),
+        helper.make_node("Conv", ["d2a", "pw_w"], ["q"], name="pw"),
+        helper.make_node("GlobalAveragePool", ["q"], ["y"], name="pool"),
+    ]
+    inits = {
+        "stem_w": _w(c, 3, 3, 3), "stem_b": _w(c), "exp_w": _w(e, c, 1, 1), "exp_b": _w(e),
+        "dw_w": _w(e, 1, 3, 3), "dw_b": _w(e), "proj_w": _w(c, e, 1, 1), "proj_b": _w(c),
+        "dw2_w": _w(c, 1, 3, 3), "pw_w": _w(2 * c, c, 1, 1),
+        "lo": np.float32(0.0), "hi": np.float32(6.0),
+    }  # fmt: skip
+    out = hw // 2 + hw % 2
+    outputs = [("y", [1, 2 * c, 1, 1])] + ([("d", [1, e, hw, hw])] if extra_output else [])
+    return graph_model(nodes, [("x", [1, 3, hw, hw])], outputs, inits, opset=17) if out else None
+
+
+def _check(model: wb.Model, result) -> None:
+    """The level-3 graph exports and means what the original meant, on both backends."""
+    onnx.checker.check_model(wb.to_onnx(result.after))
+    feeds = wb.Session(model, "reference").random_feeds(seed=1)
+    want = wb.Session(model, "reference", level=0).run(feeds)
+    for backend in ("reference", "x86"):
+        sess = wb.Session(result.after, backend, level=0)
+        assert not sess.plan.fallbacks, backend
+        got = sess.run(feeds)
+        for name in want:
+            assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_chain_moves_to_nhwc_with_one_transpose_in_and_one_out():
+    model = _block()
+    result = optimize(model, level=3, backend="x86", strict=True)
+    ops = op_names(result.after)
+    assert Counter(ops)["workbench.FusedConvNHWC"] == 5  # expand, dw, project, dw2, pw
+    assert ops.count("Transpose") == 2
+    # the stem's output enters once (read by expand and, as residual, by project)
+    (t_in,) = [n for n in result.after.graph if n.name == "s/to_nhwc"]
+    assert t_in.attrs["perm"] == [0, 2, 3, 1]
+    # the last conv's output leaves under its own name, for the pool
+    (t_out,) = [n for n in result.after.graph if n.op_type == "Transpose" and n is not t_in]
+    assert t_out.attrs["perm"] == [0, 3, 1, 2] and t_out.outputs[0].name == "q"
+    assert result.counts_by_rule()["channels_last"] == 5
+    _check(model, result)
+
+
+def test_provenance_points_at_the_channels_last_nodes():
+    model = _block()
+    result = optimize(model, level=3, backend="x86", strict=True)
+    fates = result.fates()
+    project = fates["project"]
+    assert project.into.endswith("/nhwc") and project.into in {n.name for n in result.after.graph}
+    assert result.origin(project.into) == ("project", "residual")  # conv_add_relu at level 2
+    assert fates["dw_clip"].into == fates["dw"].into
+    for n in result.after.graph:
+        if n.op_type == "Transpose":  # made by the pass: no original node stands behind it
+            assert result.origin(n.name) == ()
+
+
+def test_a_value_read_outside_the_region_goes_back_to_nchw_under_its_name():
+    model = _block(extra_output=True)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    back = [n for n in result.after.graph if n.op_type == "Transpose" and n.outputs[0].name == "d"]
+    assert len(back) == 1 and back[0].attrs["perm"] == [0, 3, 1, 2]
+    assert "d" in [v.name for v in result.after.graph.outputs]
+    _check(model, result)
+
+
+def test_level_2_and_other_backends_keep_nchw():
+    model = _block()
+    for level, backend in ((2, "x86"), (3, "reference"), (3, "cuda")):
+        result = optimize(model, level=level, backend=backend, strict=True)
+        assert "workbench.FusedConvNHWC" not in op_names(result.after), (level, backend)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "reason"),
+    [
+        (
+            [helper.make_node("Conv", ["x", "dw_w"], ["y"], group=8, pads=[1] * 4)],
+            "a lone convolution: two transposes would cost more than channels-last saves",
+        ),
+        (
+            [
+                helper.make_node("Conv", ["x", "pw_w"], ["t"]),
+                helper.make_node("Conv", ["t", "pw_w"], ["y"]),
+            ],
+            "no depthwise convolution in the chain: 1x1 ones gain nothing",
+        ),
+    ],
+    ids=["lone", "no-depthwise"],
+)
+def test_refusals_say_why(nodes, reason):
+    inits = {"dw_w": _w(8, 1, 3, 3), "pw_w": _w(8, 8, 1, 1)}
+    model = graph_model(nodes, [("x", [1, 8, 6, 6])], [("y", [1, 8, 6, 6])], inits)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    assert "workbench.FusedConvNHWC" not in op_names(result.after)
+    assert rejection_reasons(result, "channels_last") == [reason]
+
+
+def test_convolutions_it_cannot_compute_stay_out():
+    """A 3x3 conv with several input channels per group, a strided 1x1 and a grouped
+    one are not channels-last convolutions: the chain around them is split there."""
+    nodes = [
+        helper.make_node("Conv", ["x", "dw_w"], ["a"], group=8, pads=[1] * 4),
+        helper.make_node("Conv", ["a", "pw_w"], ["b"], strides=[2, 2]),
+        helper.make_node("Conv", ["b", "g_w"], ["c"], group=2),
+        helper.make_node("Conv", ["c", "full_w"], ["y"], pads=[1] * 4),
+    ]
+    inits = {
+        "dw_w": _w(8, 1, 3, 3), "pw_w": _w(8, 8, 1, 1), "g_w": _w(8, 4, 1, 1),
+        "full_w": _w(8, 8, 3, 3),
+    }  # fmt: skip
+    model = graph_model(nodes, [("x", [1, 8, 6, 6])], [("y", [1, 8, 3, 3])], inits)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    assert "workbench.FusedConvNHWC" not in op_names(result.after)
+    assert rejection_reasons(result, "channels_last") == [
+        "a lone convolution: two transposes would cost more than channels-last saves"
+    ]
+
+
+def test_mobilenet_v2_runs_channels_last_between_stem_and_pool():
+    model = wb.load(zoo.get("tiny_mobilenet_v2"))
+    result = optimize(model, level=3, backend="x86", strict=True)
+    ops = Counter(op_names(result.after))
+    assert ops["workbench.FusedConvNHWC"] >= 6 and ops["Transpose"] == 2
+    assert ops["workbench.FusedConv"] == 1  # the 3x3 stem, full convolution
+    sess = wb.Session(model, "x86", level=3)
+    assert not sess.plan.fallbacks
+    feeds = sess.random_feeds(seed=2)
+    want = wb.Session(model, "reference").run(feeds)
+    for name, y in sess.run(feeds).items():
+        assert_close(y, want[name], rtol=1e-4, atol=1e-5)

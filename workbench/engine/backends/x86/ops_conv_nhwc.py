@@ -1,0 +1,145 @@
+"""x86 `workbench.FusedConvNHWC`: the channels-last convolutions of opt level 3.
+
+The channels_last pass (passes/layout/channels_last.py) moves chains of depthwise and 1x1
+convolutions to NHWC; this module computes them there, with no transpose of its own:
+
+- depthwise (one input and one output channel per group, 2-D): `_depthwise_hwc` of
+  depthwise_nhwc.py, each output pixel a run of C contiguous values and each tap one
+  vector multiply-add per 8 channels; output rows split over the threads, each part's
+  rows finished by the fused epilogue (residual, activation) while in cache.
+- 1x1, stride 1, no padding, one group: the GEMM pixels x C by C x M, through the
+  MatMul machinery of ops_gemm (algorithm selection, MKL's packed weight, a part per
+  thread) with the epilogue (bias, residual, activation) on each part's block.
+
+Anything else is declined: the pass emits only these two (see `conv_kind` there).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..base import dest
+from . import _parallel, depthwise_nhwc
+from ._numba import all_f32, const_input
+from ._table import kernels
+from .ops_conv import _ConvGeom
+from .ops_fused_conv import _EMPTY, _declines, _epilogue_tile, _full, _vector, activation_of
+from .ops_gemm import _static_rows, _TunedProduct
+
+if TYPE_CHECKING:
+    from ...ir import Node
+    from ..base import CompileContext, KernelFn
+
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+@kernels.register("FusedConvNHWC", domain="workbench", since=1)
+def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
+    """Y = act(Conv(X, W, B) + Z) with X, Y, Z channels-last (see the module docstring)."""
+    from ...passes.layout.channels_last import conv_kind
+
+    act = activation_of(node)
+    w = const_input(node, 1)
+    if act is None or w is None or w.ndim != 4 or _declines(node, 0, 1, 2, 3):
+        return None
+    attrs = {k: v for k, v in node.attrs.items() if k in _CONV_ATTRS}
+    group = int(attrs.get("group", 1))
+    xs = node.inputs[0].shape
+    nchw = None if xs is None or len(xs) != 4 else (xs[0], xs[3], xs[1], xs[2])
+    kind = conv_kind(tuple(w.shape), nchw, attrs, group)
+    b_const = const_input(node, 2)
+    bias = None if b_const is None else np.array(b_const.reshape(-1), dtype=np.float32)
+    if kind == "pointwise":
+        run = _pointwise(node, w, bias, act)
+    elif kind == "depthwise":
+        run = _depthwise(w, bias, act, attrs, group)
+    else:
+        return None
+    run.writes_out = True
+    return run
+
+
+def _output(out, shape: tuple[int, ...]) -> np.ndarray:
+    """The planner's buffer for the output when it is a float32 one of the right size."""
+    o = dest(out)
+    if (
+        o is not None
+        and o.dtype == np.float32
+        and o.flags.c_contiguous
+        and o.size == np.prod(shape)
+    ):
+        return o.reshape(shape)
+    return np.empty(shape, np.float32)
+
+
+def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -> KernelFn:
+    m, c = w.shape[:2]
+    bm = np.ascontiguousarray(w.reshape(m, c).T, dtype=np.float32)  # (C, M)
+
+    def run(x, w_, b=None, z=None, out=None):
+        if not all_f32(x) or x.shape[-1] != c:
+            raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
+        shape = (*x.shape[:-1], m)
+        y = _output(out, shape)
+        x2 = np.ascontiguousarray(x).reshape(-1, c)
+        bv = bias if bias is not None else _vector(b, m, "FusedConvNHWC B")
+        zz = _full(z, shape, "FusedConvNHWC residual Z")
+
+        def post(o2, r0, r1, c0, c1):
+            _epilogue_tile(o2.reshape(-1), bv, zz, m, r0, r1, c0, c1, *act)
+
+        product(x2, y.reshape(-1, m), post)
+        return (y,)
+
+    run.listeners, run.candidates, run.suffix = [], {}, "_nhwc"
+    run.algorithm = "gemm_nhwc"
+    product = _TunedProduct("MatMul", bm, run)
+    shape = node.inputs[0].shape
+    rows = _static_rows(node) if shape is not None and len(shape) == 4 else None
+    if rows is not None:
+        product.select(rows)
+    return run
+
+
+def _depthwise(
+    w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict, group: int
+) -> KernelFn:
+    c = w.shape[0]
+    wt = depthwise_nhwc.pack_weight(w).reshape(-1)  # (taps, C): a tap of every channel a row
+    zero = np.zeros(c, np.float32)
+    geoms: dict[tuple, _ConvGeom] = {}
+
+    def run(x, w_, b=None, z=None, out=None):
+        if not all_f32(x) or x.ndim != 4 or x.shape[-1] != c:
+            raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
+        n, h, wd = x.shape[:3]
+        g = geoms.get(x.shape)
+        if g is None:
+            g = geoms.setdefault(x.shape, _ConvGeom((n, c, h, wd), w.shape, attrs, group))
+        shape = (n, g.oh, g.ow, c)
+        y = _output(out, shape)
+        xf = np.ascontiguousarray(x).reshape(n, -1)
+        yf = y.reshape(n, -1)
+        bv = bias if bias is not None else _vector(b, c, "FusedConvNHWC B")
+        zz = _full(z, shape, "FusedConvNHWC residual Z")
+        zn = None if zz is _EMPTY else zz.reshape(n, -1)
+        finish = act[0] != 0 or zn is not None
+        for i in range(n):
+
+            def rows(lo: int, hi: int, i: int = i) -> None:
+                depthwise_nhwc._depthwise_hwc(
+                    xf[i], wt, bv, h, wd, c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+                    g.pt, g.pl, g.ow, lo, hi, yf[i],
+                )  # fmt: skip
+                if finish:  # the bias is in; the residual and activation on these rows
+                    z_i = _EMPTY if zn is None else zn[i]
+                    _epilogue_tile(yf[i], zero, z_i, c, lo * g.ow, hi * g.ow, 0, c, *act)
+
+            grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
+            _parallel.for_ranges(rows, g.oh, grain)
+        return (y,)
+
+    run.algorithm = "depthwise_nhwc"
+    return run
