@@ -172,8 +172,10 @@ def test_forced_by_environment(monkeypatch):
         "gemm_bt",
         "gemm_cols",
         "gemm_t_cols",
+        "gemm_serial",
         mkl("mkl_packed"),
         mkl("mkl_packed_cols"),
+        mkl("mkl_packed_serial"),
     ],
 )
 def test_matmul_and_gemm_algorithms_match_reference(alg):
@@ -199,8 +201,10 @@ def test_matmul_and_gemm_algorithms_match_reference(alg):
         "gemm_bt",
         "gemm_cols",
         "gemm_t_cols",
+        "gemm_serial",
         mkl("mkl_packed"),
         mkl("mkl_packed_cols"),
+        mkl("mkl_packed_serial"),
     ],
 )
 def test_fused_matmul_epilogue_on_each_part_matches_reference(alg, act):

@@ -80,10 +80,10 @@ def test_depthwise_matches_reference(xs, k, attrs, act):
 
 @pytest.mark.parametrize(
     "alg",
-    ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols"]
+    ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols", "gemm_serial"]
     + [
         pytest.param(a, marks=pytest.mark.skipif(not _mkl.available(), reason=_mkl.why()))
-        for a in ("mkl_packed", "mkl_packed_cols")
+        for a in ("mkl_packed", "mkl_packed_cols", "mkl_packed_serial")
     ],
 )
 def test_pointwise_by_each_gemm_matches_reference(alg):
