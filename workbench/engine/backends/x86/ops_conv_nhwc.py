@@ -110,6 +110,14 @@ def _depthwise(
     wt = depthwise_nhwc.pack_weight(w).reshape(-1)  # (taps, C): a tap of every channel a row
     zero = np.zeros(c, np.float32)
     geoms: dict[tuple, _ConvGeom] = {}
+    made: dict[int, tuple] = {}  # stride -> the repeated weights and constant bias
+
+    def runs_for(sw: int, bv: np.ndarray) -> tuple:
+        if bv is not bias:  # a bias given at run time: repeated afresh
+            return depthwise_nhwc.runs(wt, bv, sw)
+        if sw not in made:
+            made[sw] = depthwise_nhwc.runs(wt, bv, sw)
+        return made[sw]
 
     def run(x, w_, b=None, z=None, out=None):
         if not all_f32(x) or x.ndim != 4 or x.shape[-1] != c:
@@ -126,12 +134,13 @@ def _depthwise(
         zz = _full(z, shape, "FusedConvNHWC residual Z")
         zn = None if zz is _EMPTY else zz.reshape(n, -1)
         finish = act[0] != 0 or zn is not None
+        repeated = runs_for(g.sw, bv)
         for i in range(n):
 
             def rows(lo: int, hi: int, i: int = i) -> None:
                 depthwise_nhwc._depthwise_hwc(
                     xf[i], wt, bv, h, wd, c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
-                    g.pt, g.pl, g.ow, lo, hi, yf[i],
+                    g.pt, g.pl, g.ow, lo, hi, yf[i], *repeated,
                 )  # fmt: skip
                 if finish:  # the bias is in; the residual and activation on these rows
                     z_i = _EMPTY if zn is None else zn[i]
