@@ -67,8 +67,44 @@ if TYPE_CHECKING:
 @njit
 def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
     """Columns of one image: col[(c, i, j), (p, q)] = x[c, p*sh - pt + i*dh, q*sw - pl + j*dw]
-    (x the image's nc x h x w values, col, both flat)."""
+    (x the image's nc x h x w values, col, both flat).
+
+    Strided: each input row is first copied into a zero-padded line, from which every tap
+    reads without bounds; with stride 2 two neighbouring taps are filled in one loop
+    (line[2q + j], line[2q + j + 1]), a pair LLVM loads as one interleaved vector where
+    a loop per tap reading every other value stayed scalar."""
     ncol = oh * ow
+    if sw > 1:
+        span = (ow - 1) * sw + (kw - 1) * dw + 1
+        line = np.zeros(span, np.float32)
+        tlo, thi = valid_range(-pl, 1, w, span)
+        for c in range(nc):
+            for i in range(kh):
+                for p in range(oh):
+                    ih = p * sh - pt + i * dh
+                    base = (c * kh + i) * kw * ncol + p * ow
+                    if ih < 0 or ih >= h:
+                        for j in range(kw):
+                            for q in range(ow):
+                                col[u64(base + j * ncol + q)] = 0.0
+                        continue
+                    src = (c * h + ih) * w - pl
+                    for t in range(tlo, thi):
+                        line[u64(t)] = x[u64(src + t)]
+                    j = 0
+                    while j < kw:
+                        d0 = base + j * ncol
+                        if sw == 2 and dw == 1 and j + 1 < kw:
+                            d1 = d0 + ncol
+                            for q in range(ow):
+                                col[u64(d0 + q)] = line[u64(2 * q + j)]
+                                col[u64(d1 + q)] = line[u64(2 * q + j + 1)]
+                            j += 2
+                            continue
+                        for q in range(ow):
+                            col[u64(d0 + q)] = line[u64(q * sw + j * dw)]
+                        j += 1
+        return
     for c in range(nc):
         for i in range(kh):
             for j in range(kw):
@@ -85,12 +121,8 @@ def _im2col(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, col):
                     for q in range(lo):
                         col[u64(dst + q)] = 0.0
                     src = (c * h + ih) * w + off
-                    if sw == 1:
-                        for q in range(lo, hi):
-                            col[u64(dst + q)] = x[u64(src + q)]
-                    else:
-                        for q in range(lo, hi):
-                            col[u64(dst + q)] = x[u64(src + q * sw)]
+                    for q in range(lo, hi):
+                        col[u64(dst + q)] = x[u64(src + q)]
                     for q in range(hi, ow):
                         col[u64(dst + q)] = 0.0
 
