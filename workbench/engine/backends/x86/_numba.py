@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 # integer divisions skip the zero checks. fastmath stays off so sums keep their order.
 njit = functools.partial(numba.njit, cache=True, fastmath=False, nogil=True, error_model="numpy")
 
+# The one fastmath flag the arithmetic kernels take: a * b + c as one fused multiply-add
+# (one rounding instead of two: never less accurate, and the order of every sum is kept).
+# Without it LLVM issues a multiply and an add each time: the exact Gelu epilogue's erf
+# polynomial ran 1.74x slower (1.16 -> 0.67 ms for 393k values on one thread).
+CONTRACT = {"contract"}
+
 F32 = np.dtype(np.float32)
 
 # Index flat arrays with u64(i) in hot loops: numba wraps negative signed indices around,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import _parallel
-from ._numba import njit, scratch, u64
+from ._numba import CONTRACT, njit, scratch, u64
 
 # Input pixels per plane up to which channels-last is the default. Measured here on
 # MobileNetV2's shapes (one node, 2 threads, ms NCHW -> channels-last): 960x7x7 0.64 ->
@@ -56,7 +56,7 @@ def _hwc_to_chw(src, p, c, c0, c1, dst):  # pragma: no cover - compiled
                 dst[u64(k * p + q)] = src[u64(q * c + k)]
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _depthwise_hwc(
     x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, y, wr, br, run
 ):  # pragma: no cover - compiled

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import deliver, dest
-from ._numba import const_input, njit
+from ._numba import CONTRACT, const_input, njit
 from ._table import kernels
 from .ops_elementwise import FLOATS, NUMBERS, as_array, dtypes_ok
 
@@ -65,7 +65,7 @@ _E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = _E[:10]
 _E10, _E11, _E12, _E13, _E14, _E15, _E16, _E17, _E18 = _E[10:]
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _erf_f32(x, out):  # pragma: no cover - compiled
     """out = erf(x) for float32 x: the polynomial above, branch-free so LLVM vectorizes
     it (several times faster than libm's erf per element)."""

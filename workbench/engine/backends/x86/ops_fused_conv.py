@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 from ...ir import Node, Value
 from ..base import CompileContext
 from . import _parallel, autotune
-from ._numba import all_f32, const_input, declines_dtype, njit, u64
+from ._numba import CONTRACT, all_f32, const_input, declines_dtype, njit, u64
 from ._table import kernels
 from .ops_conv import conv as plain_conv
 from .ops_fused_transformer import _erf  # the x86 Erf kernel's polynomial, split in two chains
@@ -171,7 +171,7 @@ def _activate(y, lo, hi, act, p0, p1):  # pragma: no cover - compiled
             y[u64(i)] = v / (_ONE + _exp(-u2))
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _epilogue_channels(y, b, z, nb, nc, p, act, p0, p1):  # pragma: no cover - compiled
     """y[n, c, q] = act(y[n, c, q] + b[c] + z[n, c, q]) in place, for y of shape
     (nb, nc, p) flat; an empty z means no residual."""
@@ -191,7 +191,7 @@ def _epilogue_channels(y, b, z, nb, nc, p, act, p0, p1):  # pragma: no cover - c
             _activate(y, base, base + p, act, p0, p1)
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _epilogue_rows(y, b, z, rows, cols, act, p0, p1):  # pragma: no cover - compiled
     """y[r, c] = act(y[r, c] + b[c] + z[r, c]) in place, for y of shape (rows, cols) flat;
     an empty z means no residual."""
@@ -209,7 +209,7 @@ def _epilogue_rows(y, b, z, rows, cols, act, p0, p1):  # pragma: no cover - comp
         _activate(y, base, base + cols, act, p0, p1)
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _epilogue_tile(y, b, z, cols, r0, r1, c0, c1, act, p0, p1):  # pragma: no cover - compiled
     """y[r, c] = act(y[r, c] + b[c] + z[r, c]) in place for rows r0..r1-1 and columns
     c0..c1-1 of y and z, flat (rows, cols); an empty z means no residual. One part's block
@@ -226,7 +226,7 @@ def _epilogue_tile(y, b, z, cols, r0, r1, c0, c1, act, p0, p1):  # pragma: no co
         _activate(y, base + c0, base + c1, act, p0, p1)
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _epilogue_block(y, b, z, p, c0, c1, q0, q1, act, p0, p1):  # pragma: no cover - compiled
     """y[c, q] = act(y[c, q] + b[c] + z[c, q]) in place for channels c0..c1-1 and positions
     q0..q1-1 of one image (y, z flat (channels, p)); an empty z means no residual."""

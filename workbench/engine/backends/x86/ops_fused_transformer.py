@@ -21,7 +21,7 @@ import numpy as np
 
 from ....errors import WorkbenchError
 from . import _parallel
-from ._numba import F32, declines_dtype, njit, u64
+from ._numba import CONTRACT, F32, declines_dtype, njit, u64
 from ._table import kernels
 from .ops_activation import _E
 from .ops_norm import layer_normalization
@@ -100,7 +100,7 @@ def _exp32(v):  # pragma: no cover - compiled
     return F32.type(0.0) if tiny else e
 
 
-@njit
+@njit(fastmath=CONTRACT)
 def _gelu_loop(x, out, tanh):  # pragma: no cover - compiled
     """out = 0.5 x (1 + erf(x / sqrt 2)), or the tanh form, over flat float32 arrays.
 
@@ -127,7 +127,7 @@ _LANES = 16  # partial maxima kept side by side: a zmm register of float32
 # error near 1e-7 of the total). The row max is taken in _LANES independent lanes: a
 # plain running max does not vectorize (numba's max keeps NaN semantics), and was a third
 # of the time.
-@njit(fastmath={"reassoc", "nsz"})
+@njit(fastmath={"reassoc", "nsz", "contract"})
 def _softmax_rows(s, nh, nq, mask, strides, has_mask, scale, causal, offset):  # pragma: no cover
     """Each row of `s` (flat float32 [b * nh * nq rows, nk], in place) becomes
     softmax(row * scale + mask row) over its keys; with `causal`, keys j > i + offset of

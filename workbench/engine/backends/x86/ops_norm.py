@@ -32,7 +32,7 @@ _NUMBA_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # reassoc lets LLVM vectorize the two float64 sums (a fixed order per shape: results are
 # deterministic); the rest of the arithmetic is exact IEEE.
-@njit(fastmath={"reassoc", "nsz"})
+@njit(fastmath={"reassoc", "nsz", "contract"})
 def _normalize_rows(x, eps, w, b, per_row, y, mean, rstd):  # pragma: no cover - compiled
     """Each row i of `x` (rows, n): y = (x - mean) * rstd, then scaled and shifted by
     w[i], b[i] (`per_row`) or by w[j], b[j] per column. Sums and the centring are in
