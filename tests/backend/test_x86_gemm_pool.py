@@ -158,3 +158,31 @@ def test_pool_rank_mismatch_raises_kernel_error():
     model, feeds = node_model("AveragePool", [f32(1, 2, 5)], {"kernel_shape": [2, 2]})
     with pytest.raises(KernelError, match="rank"):
         wb.Session(wb.load(model, check=False), "x86").run(feeds)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        K3S2P1,
+        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+        {"kernel_shape": [2, 3], "strides": [3, 2]},
+    ],
+    ids=["stride-2", "stride-1", "stride-3x2"],
+)
+def test_maxpool_nan_and_integers_as_reference(attrs):
+    """A NaN in a window is that window's max (and its index the first NaN's), as in the
+    reference; integer inputs go through the same loops (strided ones via a padded line)."""
+    x = f32(2, 3, 9, 8)
+    x[0, 0, 3, 3] = x[1, 2, 0, 0] = x[1, 2, 0, 1] = np.nan
+    for n in (1, 2):
+        got = run_node("x86", "MaxPool", [x], attrs, n_outputs=n)
+        want = run_node("reference", "MaxPool", [x], attrs, n_outputs=n)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert np.isnan(got[0]).any()
+    for dtype in (np.int8, np.uint8):
+        xi = rng.integers(0, 100, (2, 3, 9, 8)).astype(dtype)
+        (got,) = run_node("x86", "MaxPool", [xi], attrs, opset=12)
+        (want,) = run_node("reference", "MaxPool", [xi], attrs, opset=12)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)

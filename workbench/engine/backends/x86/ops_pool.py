@@ -44,10 +44,25 @@ def _tap_ranges(n_out, stride, pad, dil, k, size):
     return lo, hi, start
 
 
+@njit(inline="always")
+def _max(v, cur):  # pragma: no cover - compiled
+    return v if v > cur else cur
+
+
+@njit(inline="always")
+def _nanmax(v, cur):  # pragma: no cover - compiled
+    """The larger, or NaN if v is NaN (a NaN in cur stays: nothing compares above it)."""
+    return v if (v > cur) | (v != v) else cur
+
+
 @njit
-def _maxpool2d(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx, want_idx, cm):
+def _maxpool2d(
+    x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx, want_idx, cm, nans
+):  # pragma: no cover - compiled
     """Max over each window of x (NC, H, W) into y (NC, OH, OW), all flat; with want_idx,
-    the flat argmax (over the whole tensor, plane column-major when cm) into idx.
+    the flat argmax (over the whole tensor, plane column-major when cm) into idx. With
+    `nans` (x holds a NaN somewhere) a NaN is its window's max, as in the reference; the
+    test for it costs the loops a third of their speed, so only such inputs pay it.
 
     Taps outer, output positions inner: the inner loop has no window-edge tests and no
     data-dependent branch (a mispredicted one per tap costs more than the comparison).
@@ -62,6 +77,14 @@ def _maxpool2d(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx,
         for q in range(qlo[j], qhi[j]):
             empty[q] = False
     empty_cols = empty.any()
+    # strided, without indices: each input row through a line padded with `low`, from
+    # which every tap reads without bounds; with stride 2 two neighbouring taps in one
+    # loop (line[2q + j], line[2q + j + 1]), which LLVM loads as one interleaved vector
+    # where a loop per tap reading every other value stayed scalar
+    lined = sw > 1 and not want_idx
+    span = (ow - 1) * sw + (kw - 1) * dw + 1
+    line = np.full(span if lined else 0, low, x.dtype)
+    tlo, thi = valid_range(-pl, 1, w, span)
     for c in range(nc):
         xb = c * h * w
         for p in range(oh):
@@ -72,19 +95,47 @@ def _maxpool2d(x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx,
                     idx[u64(yb + q)] = -1
             for i in range(ilo[p], ihi[p]):
                 rb = (hs[p] + i * dh) * w
+                if lined:
+                    for t in range(tlo, thi):
+                        line[u64(t)] = x[u64(xb + rb - pl + t)]
+                    j = 0
+                    while j < kw:
+                        pair = sw == 2 and dw == 1 and j + 1 < kw
+                        if pair and nans:
+                            for q in range(ow):
+                                cur = _nanmax(line[u64(2 * q + j)], y[u64(yb + q)])
+                                y[u64(yb + q)] = _nanmax(line[u64(2 * q + j + 1)], cur)
+                        elif pair:
+                            for q in range(ow):
+                                cur = _max(line[u64(2 * q + j)], y[u64(yb + q)])
+                                y[u64(yb + q)] = _max(line[u64(2 * q + j + 1)], cur)
+                        elif nans:
+                            for q in range(ow):
+                                v = line[u64(q * sw + j * dw)]
+                                y[u64(yb + q)] = _nanmax(v, y[u64(yb + q)])
+                        else:
+                            for q in range(ow):
+                                v = line[u64(q * sw + j * dw)]
+                                y[u64(yb + q)] = _max(v, y[u64(yb + q)])
+                        j += 2 if pair else 1
+                    continue
                 for j in range(kw):
                     off = rb + j * dw - pl
                     if want_idx:
                         for q in range(qlo[j], qhi[j]):
                             v = x[u64(xb + off + q * sw)]
-                            gt = v > y[u64(yb + q)] or idx[u64(yb + q)] < 0
+                            cur = y[u64(yb + q)]  # (a NaN wins, the first one)
+                            gt = v > cur or idx[u64(yb + q)] < 0 or (nans and v != v and cur == cur)
                             idx[u64(yb + q)] = off + q * sw if gt else idx[u64(yb + q)]
                             y[u64(yb + q)] = v if gt else y[u64(yb + q)]
+                    elif nans:
+                        for q in range(qlo[j], qhi[j]):
+                            v = x[u64(xb + off + q * sw)]
+                            y[u64(yb + q)] = _nanmax(v, y[u64(yb + q)])
                     else:
                         for q in range(qlo[j], qhi[j]):
                             v = x[u64(xb + off + q * sw)]
-                            cur = y[u64(yb + q)]
-                            y[u64(yb + q)] = v if v > cur else cur
+                            y[u64(yb + q)] = _max(v, y[u64(yb + q)])
             if ilo[p] == ihi[p]:  # windows made of padding only: 0, as the reference
                 for q in range(ow):
                     y[u64(yb + q)] = 0
@@ -315,10 +366,12 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
         x1 = np.ascontiguousarray(x).reshape(-1)
         low = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
         y1, i1 = y.reshape(-1), idx.reshape(-1)
+        # numpy's max carries a NaN through, and is a fast pass of its own
+        nans = x.dtype.kind == "f" and x1.size > 0 and bool(np.isnan(x1.max()))
         if want_idx:  # (indices count from the whole tensor's start: one part)
             _maxpool2d(
                 x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low,
-                y1, i1, True, col_major,
+                y1, i1, True, col_major, nans,
             )  # fmt: skip
         else:
 
@@ -326,6 +379,7 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
                 _maxpool2d(
                     x1[lo * h * w : hi * h * w], hi - lo, h, w, kh, kw, sh, sw, dh, dw,
                     pt, pl, oh, ow, low, y1[lo * oh * ow : hi * oh * ow], i1, False, col_major,
+                    nans,
                 )  # fmt: skip
 
             # planes split over the threads: ~32k window taps a part at least
