@@ -16,6 +16,7 @@ Anything else is declined: the pass emits only these two (see `conv_kind` there)
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,7 +69,7 @@ def _output(out, shape: tuple[int, ...]) -> np.ndarray:
         o is not None
         and o.dtype == np.float32
         and o.flags.c_contiguous
-        and o.size == np.prod(shape)
+        and o.size == math.prod(shape)
     ):
         return o.reshape(shape)
     return np.empty(shape, np.float32)
