@@ -147,6 +147,11 @@ def split(total: int, grain: int, align: int = 1) -> list[tuple[int, int]]:
 
 def for_ranges(fn: Callable[[int, int], object], total: int, grain: int, align: int = 1) -> None:
     """fn(lo, hi) for the ranges of `split(total, grain, align)`, in parallel."""
+    if total <= 0:
+        return
+    if total < 2 * max(1, grain) and not _always[0]:  # one part: no split to compute
+        fn(0, total)
+        return
     parts = split(total, grain, align)
     if len(parts) == 1:
         fn(*parts[0])
