@@ -77,7 +77,8 @@ def _output(out, shape: tuple[int, ...]) -> np.ndarray:
 
 def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -> KernelFn:
     m, c = w.shape[:2]
-    bm = np.ascontiguousarray(w.reshape(m, c).T, dtype=np.float32)  # (C, M)
+    # (C, M) as a view of the weight (BLAS and MKL take it transposed): no second copy
+    bm = np.asarray(w, dtype=np.float32).reshape(m, c).T
 
     def run(x, w_, b=None, z=None, out=None):
         if not all_f32(x) or x.shape[-1] != c:
