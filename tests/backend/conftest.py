@@ -16,3 +16,40 @@ def backend(request) -> str:
     if not info.available:
         pytest.skip(f"{info.name} backend unavailable here: {info.reason}")
     return info.name
+
+
+def _gemm_algorithms() -> list:
+    """Every candidate of x86's product by a constant matrix (ops_gemm._gemm_builders);
+    MKL's are skipped, with the reason, where the `mkl` extra is not installed."""
+    from workbench.engine.backends.x86 import _mkl
+
+    plain = ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols", "gemm_serial"]
+    no_mkl = pytest.mark.skipif(not _mkl.available(), reason=f"no MKL here: {_mkl.why()}")
+    mkl = ["mkl_packed", "mkl_packed_cols", "mkl_packed_serial"]
+    return plain + [pytest.param(a, marks=no_mkl) for a in mkl]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """A test that takes `gemm_alg` runs once per GEMM candidate."""
+    if "gemm_alg" in metafunc.fixturenames:
+        metafunc.parametrize("gemm_alg", _gemm_algorithms())
+
+
+@pytest.fixture
+def split_and_select(tmp_path, monkeypatch):
+    """x86 algorithm tests: selection against an empty cache of their own with the default
+    settings, on two threads with every kernel's work split (however small), so that the
+    split paths of every algorithm meet the tests' odd shapes."""
+    from workbench import _threads
+    from workbench.engine.backends.x86 import _parallel, autotune
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("WORKBENCH_AUTOTUNE", raising=False)
+    monkeypatch.delenv("WORKBENCH_ALGORITHM", raising=False)
+    autotune.clear_memory()
+    saved = _threads.current()
+    _threads.apply(2)
+    with _parallel.always_split():
+        yield
+    _threads.apply(saved)
+    autotune.clear_memory()

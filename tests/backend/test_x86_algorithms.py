@@ -21,21 +21,8 @@ def f32(*shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Each test selects against an empty cache of its own, with the default settings, on
-    two threads with every kernel's work split (however small), so that the split paths
-    of every algorithm meet the odd shapes below."""
-    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.delenv("WORKBENCH_AUTOTUNE", raising=False)
-    monkeypatch.delenv("WORKBENCH_ALGORITHM", raising=False)
-    autotune.clear_memory()
-    saved = _threads.current()
-    _threads.apply(2)
-    with _parallel.always_split():
-        yield
-    _threads.apply(saved)
-    autotune.clear_memory()
+# each test selects against an empty cache of its own, on two threads, every split taken
+pytestmark = pytest.mark.usefixtures("split_and_select")
 
 
 def session(op, inputs, attrs, consts=(1, 2), symbolic=False):
@@ -167,21 +154,8 @@ def test_forced_by_environment(monkeypatch):
     assert sess.plan.steps[0].kernel.algorithm == "winograd_f2"
 
 
-@pytest.mark.parametrize(
-    "alg",
-    [
-        "gemm",
-        "gemm_t",
-        "gemm_bt",
-        "gemm_cols",
-        "gemm_t_cols",
-        "gemm_serial",
-        mkl("mkl_packed"),
-        mkl("mkl_packed_cols"),
-        mkl("mkl_packed_serial"),
-    ],
-)
-def test_matmul_and_gemm_algorithms_match_reference(alg):
+def test_matmul_and_gemm_algorithms_match_reference(gemm_alg):  # (each GEMM candidate)
+    alg = gemm_alg
     a, b = f32(2, 3, 17), f32(17, 5)
     got, step = forced("MatMul", alg, [a, b], {}, consts=(1,))
     assert step.kernel.algorithm == f"{alg}_flat"
@@ -196,24 +170,11 @@ def test_matmul_and_gemm_algorithms_match_reference(alg):
 
 
 @pytest.mark.parametrize("act", ["Gelu", "Relu"])
-@pytest.mark.parametrize(
-    "alg",
-    [
-        "gemm",
-        "gemm_t",
-        "gemm_bt",
-        "gemm_cols",
-        "gemm_t_cols",
-        "gemm_serial",
-        mkl("mkl_packed"),
-        mkl("mkl_packed_cols"),
-        mkl("mkl_packed_serial"),
-    ],
-)
-def test_fused_matmul_epilogue_on_each_part_matches_reference(alg, act):
+def test_fused_matmul_epilogue_on_each_part_matches_reference(gemm_alg, act):
     """FusedMatMul's epilogue (bias, activation) runs on each part's block of the output
     right after its product, by rows or by columns: every element once, also where the
     output is the planner's buffer."""
+    alg = gemm_alg
     a, b, bias = f32(2, 19, 17), f32(17, 37), f32(37)
     attrs = {"activation": act}
     with autotune.settings(force={"MatMul": alg}):

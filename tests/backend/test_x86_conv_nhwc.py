@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench import _threads
-from workbench.engine.backends.x86 import _mkl, _parallel, autotune
+from workbench.engine.backends.x86 import autotune
 from workbench.testing import assert_close, node_model, run_node
 
 rng = np.random.default_rng(17)
@@ -21,16 +20,7 @@ def f32(*shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def split_everything(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    autotune.clear_memory()
-    saved = _threads.current()
-    _threads.apply(2)
-    with _parallel.always_split():
-        yield
-    _threads.apply(saved)
-    autotune.clear_memory()
+pytestmark = pytest.mark.usefixtures("split_and_select")
 
 
 def _nhwc(a: np.ndarray) -> np.ndarray:
@@ -81,15 +71,8 @@ def test_depthwise_matches_reference(xs, k, attrs, act):
     assert step.kernel.algorithm == "depthwise_nhwc"
 
 
-@pytest.mark.parametrize(
-    "alg",
-    ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols", "gemm_serial"]
-    + [
-        pytest.param(a, marks=pytest.mark.skipif(not _mkl.available(), reason=_mkl.why()))
-        for a in ("mkl_packed", "mkl_packed_cols", "mkl_packed_serial")
-    ],
-)
-def test_pointwise_by_each_gemm_matches_reference(alg):
+def test_pointwise_by_each_gemm_matches_reference(gemm_alg):
+    alg = gemm_alg
     x, w, b = f32(2, 19, 5, 7), f32(23, 19, 1, 1), f32(23)
     z = f32(2, 23, 5, 7)
     attrs = {"activation": "HardSwish"}
