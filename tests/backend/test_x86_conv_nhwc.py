@@ -1,7 +1,8 @@
 """x86 `workbench.FusedConvNHWC` (backends/x86/ops_conv_nhwc.py) against reference on odd
 shapes, with every thread split taken: depthwise with strides 1, 2, 3 and mixed,
 dilations, asymmetric and auto pads, a 5x3 kernel, channel counts that are not multiples
-of the vector width, batch 2; 1x1 by each GEMM algorithm; bias, residual and activations;
+of the vector width, batch 2; 1x1 by each GEMM algorithm; other convs of one group by
+their windows and a GEMM (strides, dilations, a 7x7 stem); bias, residual, activations;
 the planner's buffer; and the NCHW <-> NHWC Transpose it relies on."""
 
 from __future__ import annotations
@@ -85,20 +86,42 @@ def test_pointwise_by_each_gemm_matches_reference(gemm_alg):
     assert_close(buf, want, rtol=1e-4, atol=1e-5)
 
 
+IM2COL = [
+    ((2, 3, 9, 8), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 5, 11, 10), (7, 5, 3, 2), {"strides": [2, 1], "pads": [1, 0, 2, 1]}),
+    ((1, 4, 12, 13), (3, 4, 3, 3), {"dilations": [2, 3], "pads": [2, 1, 0, 3]}),
+    ((1, 3, 23, 22), (8, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),  # a stem
+    ((2, 6, 10, 9), (4, 6, 5, 5), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((1, 17, 6, 7), (9, 17, 1, 1), {"strides": [2, 2]}),  # 1x1 strided
+]
+
+
+@pytest.mark.parametrize("act", ["", "Relu"])
+@pytest.mark.parametrize(("xs", "ws", "attrs"), IM2COL)
+def test_convolutions_by_windows_and_gemm_match_reference(xs, ws, attrs, act):
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    y_nchw = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
+    z = f32(*y_nchw.shape) if act else None
+    full = {**attrs, **({"activation": act} if act else {})}
+    step, _, _ = _compare(x, w, b, z, full)
+    assert step.kernel.algorithm.endswith("_im2col_nhwc")
+
+
 def test_pointwise_without_bias_or_residual():
     x, w = f32(1, 5, 3, 4), f32(9, 5, 1, 1)
     _compare(x, w, None, None, {})
 
 
-def test_other_convolutions_are_declined_and_reference_runs_them():
+def test_grouped_convolutions_are_declined_and_reference_runs_them():
     """The pass never emits these; a hand-made graph still runs, on reference."""
-    x, w = f32(1, 4, 6, 6), f32(5, 4, 3, 3)
+    x, w = f32(1, 4, 6, 6), f32(6, 2, 3, 3)
+    attrs = {"pads": [1, 1, 1, 1], "group": 2}
     model, feeds = node_model(
-        "FusedConvNHWC", [_nhwc(x), w], {"pads": [1, 1, 1, 1]}, domain="workbench", consts=(1,)
+        "FusedConvNHWC", [_nhwc(x), w], attrs, domain="workbench", consts=(1,)
     )
     sess = wb.Session(wb.load(model, check=False), "x86", level=0)
     assert sess.plan.fallbacks
-    want = run_node("reference", "Conv", [x, w], {"pads": [1, 1, 1, 1]}, consts=(1,))[0]
+    want = run_node("reference", "Conv", [x, w], attrs, consts=(1,))[0]
     assert_close(sess.run(feeds)["out0"], _nhwc(want), rtol=1e-4, atol=1e-5)
 
 

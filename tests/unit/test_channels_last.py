@@ -26,7 +26,7 @@ def _w(*shape: int) -> np.ndarray:
 def _block(c: int = 16, e: int = 24, hw: int = 9, extra_output: bool = False) -> wb.Model:
     """An inverted residual like MobileNetV2's (1x1 expand, Clip; depthwise 3x3, Clip; 1x1
     project; + the block's input), a stride-2 depthwise and a 1x1 after it, between a 3x3
-    stem conv and a GlobalAveragePool: none of the first or last can be channels-last."""
+    stem conv and a GlobalAveragePool (which stays NCHW)."""
     nodes = [
         helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["s"], name="stem", pads=[1] * 4),
         helper.make_node("Conv", ["s", "exp_w", "exp_b"], ["e"], name="expand"),
@@ -70,15 +70,16 @@ def test_the_chain_moves_to_nhwc_with_one_transpose_in_and_one_out():
     model = _block()
     result = optimize(model, level=3, backend="x86", strict=True)
     ops = op_names(result.after)
-    assert Counter(ops)["workbench.FusedConvNHWC"] == 5  # expand, dw, project, dw2, pw
+    # stem, expand, dw, project, dw2, pw: the stem's output (read by expand and, as the
+    # residual, by project) is channels-last from the start
+    assert Counter(ops)["workbench.FusedConvNHWC"] == 6
     assert ops.count("Transpose") == 2
-    # the stem's output enters once (read by expand and, as residual, by project)
-    (t_in,) = [n for n in result.after.graph if n.name == "s/to_nhwc"]
+    (t_in,) = [n for n in result.after.graph if n.name == "x/to_nhwc"]
     assert t_in.attrs["perm"] == [0, 2, 3, 1]
     # the last conv's output leaves under its own name, for the pool
     (t_out,) = [n for n in result.after.graph if n.op_type == "Transpose" and n is not t_in]
     assert t_out.attrs["perm"] == [0, 3, 1, 2] and t_out.outputs[0].name == "q"
-    assert result.counts_by_rule()["channels_last"] == 5
+    assert result.counts_by_rule()["channels_last"] == 6
     _check(model, result)
 
 
@@ -136,33 +137,41 @@ def test_refusals_say_why(nodes, reason):
     assert rejection_reasons(result, "channels_last") == [reason]
 
 
-def test_convolutions_it_cannot_compute_stay_out():
-    """A 3x3 conv with several input channels per group, a strided 1x1 and a grouped
-    one are not channels-last convolutions: the chain around them is split there."""
+def test_grouped_convolutions_stay_out_and_split_the_chain():
+    """A grouped conv that is not depthwise has no channels-last kernel: the depthwise
+    conv before it and the full conv after it are then each a lone convolution."""
+    nodes = [
+        helper.make_node("Conv", ["x", "dw_w"], ["a"], group=8, pads=[1] * 4),
+        helper.make_node("Conv", ["a", "g_w"], ["b"], group=2),
+        helper.make_node("Conv", ["b", "full_w"], ["y"], pads=[1] * 4),
+    ]
+    inits = {"dw_w": _w(8, 1, 3, 3), "g_w": _w(8, 4, 1, 1), "full_w": _w(8, 8, 3, 3)}
+    model = graph_model(nodes, [("x", [1, 8, 6, 6])], [("y", [1, 8, 6, 6])], inits)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    assert "workbench.FusedConvNHWC" not in op_names(result.after)
+    lone = "a lone convolution: two transposes would cost more than channels-last saves"
+    assert rejection_reasons(result, "channels_last") == [lone, lone]
+
+
+def test_strided_and_full_convolutions_join_a_depthwise_chain():
     nodes = [
         helper.make_node("Conv", ["x", "dw_w"], ["a"], group=8, pads=[1] * 4),
         helper.make_node("Conv", ["a", "pw_w"], ["b"], strides=[2, 2]),
-        helper.make_node("Conv", ["b", "g_w"], ["c"], group=2),
-        helper.make_node("Conv", ["c", "full_w"], ["y"], pads=[1] * 4),
+        helper.make_node("Conv", ["b", "full_w"], ["y"], pads=[1, 0, 2, 1], dilations=[1, 2]),
     ]
-    inits = {
-        "dw_w": _w(8, 1, 3, 3), "pw_w": _w(8, 8, 1, 1), "g_w": _w(8, 4, 1, 1),
-        "full_w": _w(8, 8, 3, 3),
-    }  # fmt: skip
-    model = graph_model(nodes, [("x", [1, 8, 6, 6])], [("y", [1, 8, 3, 3])], inits)
+    inits = {"dw_w": _w(8, 1, 3, 3), "pw_w": _w(8, 8, 1, 1), "full_w": _w(5, 8, 3, 3)}
+    model = graph_model(nodes, [("x", [1, 8, 7, 7])], [("y", [1, 5, 5, 1])], inits)
     result = optimize(model, level=3, backend="x86", strict=True)
-    assert "workbench.FusedConvNHWC" not in op_names(result.after)
-    assert rejection_reasons(result, "channels_last") == [
-        "a lone convolution: two transposes would cost more than channels-last saves"
-    ]
+    assert Counter(op_names(result.after))["workbench.FusedConvNHWC"] == 3
+    _check(model, result)
 
 
-def test_mobilenet_v2_runs_channels_last_between_stem_and_pool():
+def test_mobilenet_v2_runs_channels_last_from_input_to_pool():
     model = wb.load(zoo.get("tiny_mobilenet_v2"))
     result = optimize(model, level=3, backend="x86", strict=True)
     ops = Counter(op_names(result.after))
     assert ops["workbench.FusedConvNHWC"] >= 6 and ops["Transpose"] == 2
-    assert ops["workbench.FusedConv"] == 1  # the 3x3 stem, full convolution
+    assert "workbench.FusedConv" not in ops  # the 3x3 stem too: gathered channels-last
     sess = wb.Session(model, "x86", level=3)
     assert not sess.plan.fallbacks
     feeds = sess.random_feeds(seed=2)

@@ -10,8 +10,11 @@ convolutions to NHWC; this module computes them there, with no transpose of its 
 - 1x1, stride 1, no padding, one group: the GEMM pixels x C by C x M, through the
   MatMul machinery of ops_gemm (algorithm selection, MKL's packed weight, a part per
   thread) with the epilogue (bias, residual, activation) on each part's block.
+- any other conv of one group: its windows gathered channels-last (`_windows_hwc`: each
+  tap a run of C values), then the same GEMM machinery by the weight as (kh*kw*C, M).
 
-Anything else is declined: the pass emits only these two (see `conv_kind` there).
+Grouped convolutions other than depthwise are declined: the pass never emits them
+(see `conv_kind` there).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from ..base import dest
 from . import _parallel, depthwise_nhwc
-from ._numba import all_f32, const_input
+from ._numba import all_f32, const_input, njit, scratch, u64
 from ._table import kernels
 from .ops_conv import _ConvGeom
 from .ops_fused_conv import _EMPTY, _declines, _epilogue_tile, _full, _vector, activation_of
@@ -56,6 +59,8 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
         run = _pointwise(node, w, bias, act)
     elif kind == "depthwise":
         run = _depthwise(w, bias, act, attrs, group)
+    elif kind == "im2col":
+        run = _im2col(node, w, bias, act, attrs)
     else:
         return None
     run.writes_out = True
@@ -102,6 +107,88 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
     rows = _static_rows(node) if shape is not None and len(shape) == 4 else None
     if rows is not None:
         product.select(rows)
+    return run
+
+
+@njit
+def _windows_hwc(x, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, col):
+    """col[p, (a, e, k)] = x[i*sh - pt + a*dh, j*sw - pl + e*dw, k] for the output pixels
+    p = (i, j) of rows r0..r1-1 (0 in the padding): each tap a run of C contiguous values
+    (x (h, wd, c) and col (pixels, kh*kw*c) flat, col's rows counted from row 0)."""
+    kk = kh * kw * c
+    run = kw * c  # a window row inside the image with dw == 1: kw*c contiguous values
+    for i in range(r0, r1):
+        for j in range(ow):
+            dst = (i * ow + j) * kk
+            j0 = j * sw - pl
+            inside = dw == 1 and j0 >= 0 and j0 + kw <= wd
+            for a in range(kh):
+                ii = i * sh - pt + a * dh
+                if inside and 0 <= ii < h:
+                    src = (ii * wd + j0) * c
+                    d = dst + a * run
+                    for k in range(run):
+                        col[u64(d + k)] = x[u64(src + k)]
+                    continue
+                for e in range(kw):
+                    jj = j * sw - pl + e * dw
+                    d = dst + (a * kw + e) * c
+                    if ii < 0 or ii >= h or jj < 0 or jj >= wd:
+                        for k in range(c):
+                            col[u64(d + k)] = 0.0
+                    else:
+                        src = (ii * wd + jj) * c
+                        for k in range(c):
+                            col[u64(d + k)] = x[u64(src + k)]
+
+
+def _im2col(
+    node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict
+) -> KernelFn:
+    """Any 2-D conv of one group: the windows gathered channels-last into a (pixels,
+    kh*kw*C) matrix, then one GEMM by the weight as (kh*kw*C, M), which writes NHWC."""
+    m, c, kh, kw = w.shape
+    bm = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * c, m), np.float32)
+    geoms: dict[tuple, _ConvGeom] = {}
+
+    def run(x, w_, b=None, z=None, out=None):
+        if not all_f32(x) or x.ndim != 4 or x.shape[-1] != c:
+            raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
+        n, h, wd = x.shape[:3]
+        g = geoms.get(x.shape)
+        if g is None:
+            g = geoms.setdefault(x.shape, _ConvGeom((n, c, h, wd), w.shape, attrs, 1))
+        shape, p = (n, g.oh, g.ow, m), g.oh * g.ow
+        y = _output(out, shape)
+        xf = np.ascontiguousarray(x).reshape(n, -1)
+        bv = bias if bias is not None else _vector(b, m, "FusedConvNHWC B")
+        zz = _full(z, shape, "FusedConvNHWC residual Z")
+        col = scratch((p, kh * kw * c), "FusedConvNHWC windows")
+        colf = col.reshape(-1)
+        grain = max(1, (1 << 15) // max(1, g.ow * kh * kw * c))
+        for i in range(n):
+
+            def rows(lo: int, hi: int, i: int = i) -> None:
+                _windows_hwc(
+                    xf[i], g.h, g.w, c, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow,
+                    lo, hi, colf,
+                )  # fmt: skip
+
+            z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
+
+            def post(o2, r0, r1, c0, c1, z_i=z_i):
+                _epilogue_tile(o2.reshape(-1), bv, z_i, m, r0, r1, c0, c1, *act)
+
+            _parallel.for_ranges(rows, g.oh, grain)
+            product(col, y[i].reshape(p, m), post)
+        return (y,)
+
+    run.listeners, run.candidates, run.suffix = [], {}, "_im2col_nhwc"
+    run.algorithm = "gemm_im2col_nhwc"
+    product = _TunedProduct("MatMul", bm, run)
+    ys = node.outputs[0].shape
+    if ys is not None and len(ys) == 4 and all(isinstance(d, int) and d > 0 for d in ys[1:3]):
+        product.select(ys[1] * ys[2])
     return run
 
 

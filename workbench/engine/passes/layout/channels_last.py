@@ -10,7 +10,10 @@ NHWC): 960x7x7 0.83 -> 0.08, 576x14x14 0.73 -> 0.22, 192x28x28 stride 2 0.43 -> 
 pass moves whole chains: every Conv (or workbench.FusedConv) that is depthwise (one
 input and one output channel per group) or 1x1 (stride 1, no padding, one group) joins
 the region of the convolutions it reads from or feeds (as input X or residual Z) and
-becomes a `workbench.FusedConvNHWC`. Values that enter a region are transposed to NHWC
+becomes a `workbench.FusedConvNHWC`; so does any other convolution of one group there
+(MobileNetV2's 3x3 stem: its windows gathered channels-last, one GEMM that writes NHWC,
+so the transpose in is the 3-channel input's, not the stem's 32-channel output's).
+Values that enter a region are transposed to NHWC
 once; values read outside it (or graph outputs) are transposed back once, under their
 own names, so everything outside the region, and every comparison by value name, sees
 what it saw before. A region needs two convolutions and a depthwise one: a lone 1x1
@@ -32,7 +35,7 @@ FUSED_CONV_NHWC = define_op(
     "FusedConvNHWC",
     "FusedConv on channels-last tensors: Y = act(Conv(X, W, B) + Z) with X [N, H, W, C] "
     "and Y, Z [N, OH, OW, M]. The channels_last pass (opt level 3) emits it for depthwise "
-    "and 1x1 convolutions only.",
+    "convolutions and convolutions of one group.",
     inputs=[
         ("X", "[N, H, W, C]"),
         ("W", "[M, C/group, kh, kw], as Conv"),
@@ -49,9 +52,10 @@ RULE = "channels_last"
 
 
 def conv_kind(w_shape: tuple, x_shape: tuple | None, attrs: dict, group: int) -> str | None:
-    """'depthwise', 'pointwise' (1x1, stride 1, no padding, one group) or None: the
-    convolutions FusedConvNHWC computes, from the weight [M, C/group, kh, kw], the input
-    [N, C, H, W] (NCHW) and the Conv attributes."""
+    """'depthwise', 'pointwise' (1x1, stride 1, no padding, one group), 'im2col' (any
+    other 2-D convolution of one group) or None (grouped ones): the convolutions
+    FusedConvNHWC computes, from the weight [M, C/group, kh, kw], the input [N, C, H, W]
+    (NCHW) and the Conv attributes."""
     if len(w_shape) != 4 or x_shape is None or len(x_shape) != 4:
         return None
     m, cg, kh, kw = w_shape
@@ -63,9 +67,9 @@ def conv_kind(w_shape: tuple, x_shape: tuple | None, attrs: dict, group: int) ->
     auto_pad = attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     one = (kh, kw) == (1, 1) and group == 1 and strides == [1, 1] and not any(pads)
-    return (
-        "pointwise" if one and auto_pad in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER") else None
-    )
+    if one and auto_pad in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return "pointwise"
+    return "im2col" if group == 1 else None
 
 
 def _kind(node: Node) -> str | None:
