@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="x86")
     p.add_argument("--repeat", type=int, default=20, help="timed runs")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
-    p.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions")
+    p.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions, 3 layout")
     p.add_argument("--dims", help="values for symbolic dims, e.g. batch=1,sequence=128")
     p.add_argument("--top", type=int, default=15, help="how many kernels to print")
     p.add_argument("--trace", help="also write a Chrome trace (Perfetto) here")

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated, e.g. x86,reference (default: all available but reference)",
     )
     p.add_argument("-o", "--output", default="report.html", help="where to write the report")
-    p.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions")
+    p.add_argument("--level", type=int, default=2, help="0 none, 1 cleanup, 2 fusions, 3 layout")
     p.add_argument("--precision", default="fp32", help="precision of the backends under test")
     p.add_argument("--repeat", type=int, default=10, help="timed runs per backend")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
