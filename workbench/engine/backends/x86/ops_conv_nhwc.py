@@ -67,6 +67,20 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
     return run
 
 
+def _geometry(
+    x: np.ndarray, c: int, w_shape: tuple, attrs: dict, group: int, geoms: dict
+) -> _ConvGeom:
+    """x's conv geometry (one per input shape, kept in `geoms`), once x is checked to be
+    float32 [N, H, W, C]."""
+    if not all_f32(x) or x.ndim != 4 or x.shape[-1] != c:
+        raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
+    g = geoms.get(x.shape)
+    if g is None:
+        n, h, wd = x.shape[:3]
+        g = geoms.setdefault(x.shape, _ConvGeom((n, c, h, wd), w_shape, attrs, group))
+    return g
+
+
 def _output(out, shape: tuple[int, ...]) -> np.ndarray:
     """The planner's buffer for the output when it is a float32 one of the right size."""
     o = dest(out)
@@ -152,12 +166,8 @@ def _im2col(
     geoms: dict[tuple, _ConvGeom] = {}
 
     def run(x, w_, b=None, z=None, out=None):
-        if not all_f32(x) or x.ndim != 4 or x.shape[-1] != c:
-            raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
-        n, h, wd = x.shape[:3]
-        g = geoms.get(x.shape)
-        if g is None:
-            g = geoms.setdefault(x.shape, _ConvGeom((n, c, h, wd), w.shape, attrs, 1))
+        g = _geometry(x, c, w.shape, attrs, 1, geoms)
+        n = x.shape[0]
         shape, p = (n, g.oh, g.ow, m), g.oh * g.ow
         y = _output(out, shape)
         xf = np.ascontiguousarray(x).reshape(n, -1)
@@ -209,12 +219,8 @@ def _depthwise(
         return made[sw]
 
     def run(x, w_, b=None, z=None, out=None):
-        if not all_f32(x) or x.ndim != 4 or x.shape[-1] != c:
-            raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
+        g = _geometry(x, c, w.shape, attrs, group, geoms)
         n, h, wd = x.shape[:3]
-        g = geoms.get(x.shape)
-        if g is None:
-            g = geoms.setdefault(x.shape, _ConvGeom((n, c, h, wd), w.shape, attrs, group))
         shape = (n, g.oh, g.ow, c)
         y = _output(out, shape)
         xf = np.ascontiguousarray(x).reshape(n, -1)
