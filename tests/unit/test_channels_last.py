@@ -124,7 +124,7 @@ def test_level_2_and_other_backends_keep_nchw():
                 helper.make_node("Conv", ["x", "pw_w"], ["t"]),
                 helper.make_node("Conv", ["t", "pw_w"], ["y"]),
             ],
-            "no depthwise convolution in the chain: 1x1 ones gain nothing",
+            "no depthwise convolution in the chain: the others gain nothing",
         ),
     ],
     ids=["lone", "no-depthwise"],
@@ -178,3 +178,19 @@ def test_mobilenet_v2_runs_channels_last_from_input_to_pool():
     want = wb.Session(model, "reference").run(feeds)
     for name, y in sess.run(feeds).items():
         assert_close(y, want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_residual_that_broadcasts_keeps_its_conv_out():
+    """Add(Conv, z) with z of shape [1, C, 1, 1] fuses into a FusedConv whose Z broadcasts:
+    it is not permuted, so that conv stays NCHW (and the 1x1 after it is alone)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "dw_w"], ["a"], group=8, pads=[1] * 4),
+        helper.make_node("Add", ["a", "shift"], ["b"]),
+        helper.make_node("Conv", ["b", "pw_w"], ["y"]),
+    ]
+    inits = {"dw_w": _w(8, 1, 3, 3), "shift": _w(1, 8, 1, 1), "pw_w": _w(8, 8, 1, 1)}
+    model = graph_model(nodes, [("x", [1, 8, 6, 6])], [("y", [1, 8, 6, 6])], inits)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    ops = op_names(result.after)
+    assert "workbench.FusedConv" in ops and "workbench.FusedConvNHWC" not in ops
+    _check(model, result)

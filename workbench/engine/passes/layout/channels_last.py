@@ -16,8 +16,9 @@ so the transpose in is the 3-channel input's, not the stem's 32-channel output's
 Values that enter a region are transposed to NHWC
 once; values read outside it (or graph outputs) are transposed back once, under their
 own names, so everything outside the region, and every comparison by value name, sees
-what it saw before. A region needs two convolutions and a depthwise one: a lone 1x1
-conv gains nothing from the layout, and a lone conv would pay two transposes for one.
+what it saw before. A region needs two convolutions and a depthwise one: the others gain
+nothing from the layout, and a lone conv would pay two transposes for one. A FusedConv
+whose residual broadcasts stays out (its dims are not the output's to permute).
 
 Runs for backends whose `prefers_channels_last` is set (x86), and only where the backend
 has the kernel for the op on the value's dtype.
@@ -83,6 +84,9 @@ def _kind(node: Node) -> str | None:
     w = node.inputs[1] if len(node.inputs) > 1 else None
     if w is None or not w.is_const:
         return None
+    z = node.inputs[3] if len(node.inputs) > 3 else None
+    if z is not None and (z.shape is None or tuple(z.shape) != tuple(node.outputs[0].shape or ())):
+        return None  # a residual that broadcasts: its dims are not the output's to permute
     return conv_kind(
         tuple(w.shape or ()), node.inputs[0].shape, node.attrs, int(node.attrs.get("group", 1))
     )
@@ -125,7 +129,7 @@ class ChannelsLastPass(Pass):
     name = "channels_last"
     level = 3
     order = 10
-    description = "chains of depthwise and 1x1 convs -> workbench.FusedConvNHWC, channels-last"
+    description = "chains of depthwise convs (and convs around them) -> FusedConvNHWC"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         from ...backends import get_backend
@@ -161,7 +165,7 @@ class ChannelsLastPass(Pass):
                 why = (
                     "a lone convolution: two transposes would cost more than channels-last saves"
                     if len(group) < 2
-                    else "no depthwise convolution in the chain: 1x1 ones gain nothing"
+                    else "no depthwise convolution in the chain: the others gain nothing"
                 )
                 rejected.append(Rejection(self.name, RULE, names, why))
                 continue
