@@ -57,12 +57,13 @@ def _nanmax(v, cur):  # pragma: no cover - compiled
 
 @njit
 def _maxpool2d(
-    x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx, want_idx, cm, nans
+    x, nc, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low, y, idx, want_idx, cm, floats
 ):  # pragma: no cover - compiled
     """Max over each window of x (NC, H, W) into y (NC, OH, OW), all flat; with want_idx,
     the flat argmax (over the whole tensor, plane column-major when cm) into idx. With
-    `nans` (x holds a NaN somewhere) a NaN is its window's max, as in the reference; the
-    test for it costs the loops a third of their speed, so only such inputs pay it.
+    `floats`, each plane is first scanned for NaN: in a plane that holds one, a NaN is its
+    window's max, as in the reference; that test costs the loops half their speed, so
+    only such planes pay it (the scan, a vectorized count in cache, ~a tenth).
 
     Taps outer, output positions inner: the inner loop has no window-edge tests and no
     data-dependent branch (a mispredicted one per tap costs more than the comparison).
@@ -87,6 +88,13 @@ def _maxpool2d(
     tlo, thi = valid_range(-pl, 1, w, span)
     for c in range(nc):
         xb = c * h * w
+        nans = False
+        if floats:
+            count = 0
+            for t in range(h * w):
+                v = x[u64(xb + t)]
+                count += np.int64(v != v)
+            nans = count > 0
         for p in range(oh):
             yb = (c * oh + p) * ow
             for q in range(ow):
@@ -366,12 +374,11 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
         x1 = np.ascontiguousarray(x).reshape(-1)
         low = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
         y1, i1 = y.reshape(-1), idx.reshape(-1)
-        # numpy's max carries a NaN through, and is a fast pass of its own
-        nans = x.dtype.kind == "f" and x1.size > 0 and bool(np.isnan(x1.max()))
+        floats = x.dtype.kind == "f"
         if want_idx:  # (indices count from the whole tensor's start: one part)
             _maxpool2d(
                 x1, n * c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, low,
-                y1, i1, True, col_major, nans,
+                y1, i1, True, col_major, floats,
             )  # fmt: skip
         else:
 
@@ -379,7 +386,7 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
                 _maxpool2d(
                     x1[lo * h * w : hi * h * w], hi - lo, h, w, kh, kw, sh, sw, dh, dw,
                     pt, pl, oh, ow, low, y1[lo * oh * ow : hi * oh * ow], i1, False, col_major,
-                    nans,
+                    floats,
                 )  # fmt: skip
 
             # planes split over the threads: ~32k window taps a part at least
