@@ -23,9 +23,9 @@ def _gemm_algorithms() -> list:
     MKL's are skipped, with the reason, where the `mkl` extra is not installed."""
     from workbench.engine.backends.x86 import _mkl
 
-    plain = ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols", "gemm_serial"]
+    plain = ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols"]
     no_mkl = pytest.mark.skipif(not _mkl.available(), reason=f"no MKL here: {_mkl.why()}")
-    mkl = ["mkl_packed", "mkl_packed_cols", "mkl_packed_serial"]
+    mkl = ["mkl_packed", "mkl_packed_cols"]
     return plain + [pytest.param(a, marks=no_mkl) for a in mkl]
 
 

@@ -182,10 +182,10 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     copy of bm made once (``gemm_bt``), split by rows of x2; or split by columns of bm
     (``gemm_cols``, ``gemm_t_cols``); with MKL installed, also MKL's GEMM on bm packed
     once, split by rows (``mkl_packed``: every thread reads the one packed copy) or by
-    columns (``mkl_packed_cols``: each column range packed on its first call). The
-    ``_serial`` ones run on the calling thread alone: on this 2-vCPU machine two threads
-    made a product of ~20 MFLOP slower, not faster (MobileNetV2's 14x14 96->576 1x1 conv:
-    0.27 ms on one thread, 0.38 on two: the handoff, and the two cores slowing each other).
+    columns (``mkl_packed_cols``: each column range packed on its first call). (Variants
+    on the calling thread alone won in isolation on MobileNetV2's small products, 0.27 ms
+    against 0.38 on two threads, but cost whole models 0.6 ms: the previous kernel left
+    half of their input in the other core's cache. They are not offered.)
 
     `fn(x2, o2, post)` calls `post(o2, r0, r1, c0, c1)` on each part's block of o2 (rows
     r0..r1-1, columns c0..c1-1) right after its product, on the thread that made it: a
@@ -215,19 +215,8 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
         return fn
 
-    def serial(product: Callable) -> Callable:
-        def fn(x2, o2, post=None):
-            product(x2, o2)
-            if post is not None:
-                post(o2, 0, len(x2), 0, n)
-
-        return fn
-
     def plain():
         return by_rows(lambda x2, o2: np.matmul(x2, bm, out=o2))
-
-    def one_thread():
-        return serial(lambda x2, o2: np.matmul(x2, bm, out=o2))
 
     def transposed():
         return by_rows(lambda x2, o2: np.matmul(bm.T, x2.T, out=o2.T))
@@ -244,7 +233,6 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
     builders = {
         "gemm": plain,
-        "gemm_serial": one_thread,
         "gemm_t": transposed,
         "gemm_bt": packed_t,
         "gemm_cols": cols,
@@ -254,9 +242,6 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
         def mkl_packed():
             return by_rows(_mkl.PackedB(bm).product)
-
-        def mkl_packed_serial():
-            return serial(_mkl.PackedB(bm).product)
 
         def mkl_packed_cols():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
@@ -272,7 +257,6 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
         builders |= {
             "mkl_packed": mkl_packed,
             "mkl_packed_cols": mkl_packed_cols,
-            "mkl_packed_serial": mkl_packed_serial,
         }
     return builders
 
