@@ -204,6 +204,22 @@ def test_fused_conv_shows_the_selected_algorithm():
     assert_close(sess.run(feeds)["out0"], np.maximum(ref, 0), rtol=1e-4, atol=1e-5)
 
 
+def fused_conv_session(alg, inputs, attrs):
+    """A FusedConv (W, B constant) with the Conv algorithm `alg` forced and the output's
+    shape declared, as the fusion pass leaves it in a model: the conv then runs the
+    epilogue on its blocks (`post`), which it cannot without a static shape for Z."""
+    from onnx import TensorProto, helper
+
+    with autotune.settings(force={"Conv": alg}):
+        model, feeds = node_model("FusedConv", inputs, attrs, domain="workbench", consts=(1, 2))
+        shape = inputs[3].shape
+        model.graph.output[0].CopyFrom(
+            helper.make_tensor_value_info("out0", TensorProto.FLOAT, shape)
+        )
+        sess = wb.Session(wb.load(model, check=False), "x86")
+    return sess, feeds
+
+
 @pytest.mark.parametrize(("xs", "ws", "attrs"), DEPTHWISE_1[:2])
 def test_fused_conv_epilogue_on_the_channels_last_depthwise(xs, ws, attrs):
     """depthwise_nhwc runs the fused epilogue (bias, residual, activation) on each block of
@@ -212,14 +228,35 @@ def test_fused_conv_epilogue_on_the_channels_last_depthwise(xs, ws, attrs):
     ref = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
     z = f32(*ref.shape)
     fused = {**attrs, "activation": "Relu"}
-    with autotune.settings(force={"Conv": "depthwise_nhwc"}):
-        model, feeds = node_model(
-            "FusedConv", [x, w, b, z], fused, domain="workbench", consts=(1, 2)
-        )
-        sess = wb.Session(wb.load(model, check=False), "x86")
+    sess, feeds = fused_conv_session("depthwise_nhwc", [x, w, b, z], fused)
     (step,) = sess.plan.steps
     assert step.kernel.algorithm == "depthwise_nhwc+epilogue"
     assert_close(sess.run(feeds)["out0"], np.maximum(ref + z, 0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("alg", sorted(WINOGRAD_TOL))
+@pytest.mark.parametrize(
+    ("xs", "ws", "attrs"),
+    [
+        ((2, 5, 13, 11), (19, 5, 3, 3), {"pads": [1, 1, 1, 1]}),  # tile rows past the edge
+        ((1, 17, 10, 9), (6, 17, 3, 3), {"pads": [0, 1, 2, 0]}),
+    ],
+)
+def test_fused_conv_epilogue_on_winograd_tile_rows(alg, xs, ws, attrs):
+    """Winograd runs the fused epilogue (bias, residual, activation) on each part's rows
+    of output tiles as they are written: every output position of every image once, the
+    last tile row cropped."""
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    ref = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
+    z = f32(*ref.shape)
+    fused = {**attrs, "activation": "Relu"}
+    sess, feeds = fused_conv_session(alg, [x, w, b, z], fused)
+    (step,) = sess.plan.steps
+    assert step.kernel.algorithm == f"{alg}+epilogue"
+    want = np.maximum(ref + z, 0)
+    got = sess.run(feeds)["out0"]
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    assert err <= WINOGRAD_TOL[alg], f"{alg} relative error {err:.2e} on {xs} {ws} {attrs}"
 
 
 def test_small_depthwise_planes_default_to_channels_last():

@@ -50,7 +50,7 @@ PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 
 Builder = Callable[[], Callable[..., Any]]
 

@@ -587,9 +587,7 @@ def _builder(g: _ConvGeom, alg: str, w: np.ndarray, group: int) -> Callable[[], 
             def fn(x, b, y, post=None):
                 bias = zeros if b is None else b
                 xx = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
-                winograd.conv(xx, u, bias, m, (g.pt, g.pl), y)
-                whole(post, g, y)
-                return y
+                return winograd.conv(xx, u, bias, m, (g.pt, g.pl), y, post)
 
             return fn
         if alg == "generic":
