@@ -129,54 +129,46 @@ def _at4(m0, m1, m2, m3, m4, m5):  # pragma: no cover - compiled
     )
 
 
+@njit(inline="always")
+def _load(src, p, step, n):  # pragma: no cover - compiled
+    """The n (4 or 6) values src[p + k*step]; the last two are 0 when n is 4."""
+    v0, v1 = src[u64(p)], src[u64(p + step)]
+    v2, v3 = src[u64(p + 2 * step)], src[u64(p + 3 * step)]
+    if n == 6:
+        return v0, v1, v2, v3, src[u64(p + 4 * step)], src[u64(p + 5 * step)]
+    return v0, v1, v2, v3, v3, v3
+
+
+@njit(inline="always")
+def _store(dst, d, ostep, r):  # pragma: no cover - compiled
+    """dst[d + k*ostep] = r[k] for each value of the tuple r."""
+    for k in range(len(r)):
+        dst[u64(d + k * ostep)] = r[k]
+
+
 @njit(fastmath=CONTRACT)
 def _apply(kind, src, s, step, dst, o, ostep, count):  # pragma: no cover - compiled
     """dst[o + r*ostep + q] = sum_k T[r, k] * src[s + k*step + q] for q < count, with T
     B^T of F(2, 3) (kind 0), A^T of F(2, 3) (1), B^T of F(4, 3) (2) or A^T of F(4, 3) (3):
-    each element loads a values once and stores all of T's rows. Indexes are whole int64
-    expressions made u64 at the end: numba types uint64 + int64 as float64."""
+    each element loads a values once and stores all of T's rows, one loop per kind (the
+    kind is fixed inside each). Indexes are whole int64 expressions made u64 at the end:
+    numba types uint64 + int64 as float64."""
     if kind == 2:
         for q in range(count):
-            p, d = s + q, o + q
-            r0, r1, r2, r3, r4, r5 = _bt4(
-                src[u64(p)], src[u64(p + step)], src[u64(p + 2 * step)],
-                src[u64(p + 3 * step)], src[u64(p + 4 * step)], src[u64(p + 5 * step)],
-            )  # fmt: skip
-            dst[u64(d)] = r0
-            dst[u64(d + ostep)] = r1
-            dst[u64(d + 2 * ostep)] = r2
-            dst[u64(d + 3 * ostep)] = r3
-            dst[u64(d + 4 * ostep)] = r4
-            dst[u64(d + 5 * ostep)] = r5
+            d0, d1, d2, d3, d4, d5 = _load(src, s + q, step, 6)
+            _store(dst, o + q, ostep, _bt4(d0, d1, d2, d3, d4, d5))
     elif kind == 3:
         for q in range(count):
-            p, d = s + q, o + q
-            r0, r1, r2, r3 = _at4(
-                src[u64(p)], src[u64(p + step)], src[u64(p + 2 * step)],
-                src[u64(p + 3 * step)], src[u64(p + 4 * step)], src[u64(p + 5 * step)],
-            )  # fmt: skip
-            dst[u64(d)] = r0
-            dst[u64(d + ostep)] = r1
-            dst[u64(d + 2 * ostep)] = r2
-            dst[u64(d + 3 * ostep)] = r3
+            d0, d1, d2, d3, d4, d5 = _load(src, s + q, step, 6)
+            _store(dst, o + q, ostep, _at4(d0, d1, d2, d3, d4, d5))
     elif kind == 0:
         for q in range(count):
-            p, d = s + q, o + q
-            r0, r1, r2, r3 = _bt2(
-                src[u64(p)], src[u64(p + step)], src[u64(p + 2 * step)], src[u64(p + 3 * step)]
-            )
-            dst[u64(d)] = r0
-            dst[u64(d + ostep)] = r1
-            dst[u64(d + 2 * ostep)] = r2
-            dst[u64(d + 3 * ostep)] = r3
+            d0, d1, d2, d3, _, _ = _load(src, s + q, step, 4)
+            _store(dst, o + q, ostep, _bt2(d0, d1, d2, d3))
     else:
         for q in range(count):
-            p, d = s + q, o + q
-            r0, r1 = _at2(
-                src[u64(p)], src[u64(p + step)], src[u64(p + 2 * step)], src[u64(p + 3 * step)]
-            )
-            dst[u64(d)] = r0
-            dst[u64(d + ostep)] = r1
+            d0, d1, d2, d3, _, _ = _load(src, s + q, step, 4)
+            _store(dst, o + q, ostep, _at2(d0, d1, d2, d3))
 
 
 @njit
