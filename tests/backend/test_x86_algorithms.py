@@ -288,7 +288,14 @@ def test_selection_measures_once_then_hits_the_disk_cache():
     want = {"im2col_gemm", "im2col_gemm_t", "winograd_f2", "winograd_f4"}
     assert set(run.candidates) == want | ({"im2col_gemm_mkl"} if _mkl.available() else set())
     assert all(ms > 0 for ms in run.candidates.values())
-    assert sess.plan.steps[0].kernel.algorithm == min(run.candidates, key=run.candidates.get)
+    # the fastest, or one within MEMORY_SLACK of it that holds less memory
+    chosen = sess.plan.steps[0].kernel.algorithm
+    assert chosen == autotune.pick(run.candidates, run.candidates_mib)
+    fastest = min(run.candidates.values())
+    assert run.candidates[chosen] <= fastest * (1 + autotune.MEMORY_SLACK)
+    # Winograd holds its transformed weights ((m+2)^2 / 9 times the weight's 36 KiB), im2col none
+    assert run.candidates_mib["winograd_f2"] == pytest.approx(16 * 32 * 32 * 4 / 2**20, rel=1e-2)
+    assert run.candidates_mib["im2col_gemm"] == 0
     assert autotune.cache_path().exists()
 
     autotune.clear_memory()  # a new process: only the file remains
@@ -298,9 +305,48 @@ def test_selection_measures_once_then_hits_the_disk_cache():
     assert autotune.stats["cache_hits"] == before["cache_hits"] + 1
     assert run2.choice.source == "cache" and run2.algorithm == run.algorithm
     assert run2.candidates == run.candidates  # the times measured then, for the profiler
+    assert run2.candidates_mib == run.candidates_mib
 
     session("Conv", [f32(1, 32, 21, 20), w], attrs, consts=(1,))  # another shape: a miss
     assert autotune.stats["measured"] == before["measured"] + 2
+
+
+def test_pick_prefers_less_memory_only_within_the_slack(monkeypatch):
+    monkeypatch.setattr(autotune, "MEMORY_SLACK", 0.05)
+    ms = {"packed": 1.00, "plain": 1.04, "other": 1.20}
+    mib = {"packed": 9.0, "plain": 0.0, "other": 0.0}
+    assert autotune.pick(ms, mib) == "plain"  # 4% slower, no copy of its own
+    assert autotune.pick({**ms, "plain": 1.06}, mib) == "packed"  # 6%: the copy buys speed
+    assert autotune.pick(ms, {}) == "packed"  # nothing held anywhere: the fastest
+    monkeypatch.setattr(autotune, "MEMORY_SLACK", 0.0)
+    assert autotune.pick(ms, mib) == "packed"
+
+
+@pytest.mark.skipif(not _mkl.available(), reason="the mkl extra is not installed")
+def test_mkl_packs_count_the_pages_they_fill():
+    """A pack reserves megabytes (cblas_sgemm_pack_get_size) but fills fewer; `held` counts
+    the filled pages. MKL pads the columns, so a half of 192 columns costs about as much as
+    the whole 384, which is what the memory rule weighs."""
+    from workbench.engine.backends.x86 import ops_gemm
+
+    b = f32(384, 384)
+    builders = ops_gemm._gemm_builders(b)
+    whole = builders["mkl_packed"]()
+    assert b.nbytes <= autotune.held(whole) < _mkl.PackedB(b).nbytes
+    halves = builders["mkl_packed_cols"]()
+    assert autotune.held(halves) == 0  # packed on the first call, per column range
+    x, out = f32(256, 384), np.empty((256, 384), np.float32)
+    saved = _threads.current()
+    _threads.apply(2)  # two column ranges, each packed alone
+    try:
+        with _parallel.always_split():
+            halves(x, out)
+    finally:
+        _threads.apply(saved)
+    np.testing.assert_allclose(out, x @ b, rtol=1e-4, atol=1e-3)
+    assert autotune.held(halves) > autotune.held(whole)
+    assert autotune.held(builders["gemm_bt"]()) == b.nbytes
+    assert autotune.held(builders["gemm"]()) == 0
 
 
 @pytest.mark.parametrize("how", ["settings", "env"])

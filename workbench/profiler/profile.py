@@ -328,12 +328,19 @@ def kernel_table(
     else:
         df["roofline_pct"] = np.nan
         df["bound"] = ""
-    # algorithm selection (backends/x86/autotune.py): every candidate's median ms, fastest first
-    df["candidates"] = [
-        ", ".join(f"{a}={t:.3g}" for a, t in sorted(c.items(), key=lambda kv: kv[1]))
-        for c in (getattr(st.run, "candidates", None) or {} for st in plan.steps)
-    ]
+    # algorithm selection (backends/x86/autotune.py): every candidate's median ms, fastest
+    # first, with the memory it holds of its own where it holds any
+    df["candidates"] = [_candidates_text(st.run) for st in plan.steps]
     return df
+
+
+def _candidates_text(run: Any) -> str:
+    ms = getattr(run, "candidates", None) or {}
+    mib = getattr(run, "candidates_mib", None) or {}
+    return ", ".join(
+        f"{a}={t:.3g}" + (f" ({mib[a]:.3g} MiB)" if mib.get(a) else "")
+        for a, t in sorted(ms.items(), key=lambda kv: kv[1])
+    )
 
 
 def runs_table(stamps: np.ndarray, bounds: np.ndarray) -> pd.DataFrame:

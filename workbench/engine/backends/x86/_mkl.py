@@ -159,6 +159,21 @@ def _buffer(nbytes: int) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, max(4, nbytes)), np.float32)
 
 
+def resident_bytes(buf: np.ndarray) -> int:
+    """Bytes of the pages of `buf` (a `_buffer`) that are in memory, by mincore(2); the
+    whole buffer where that cannot be asked."""
+    pages = -(-buf.nbytes // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.mincore(ctypes.c_void_p(buf.ctypes.data), ctypes.c_size_t(buf.nbytes), vec)
+    except (OSError, AttributeError):
+        return buf.nbytes
+    if rc != 0:
+        return buf.nbytes
+    return sum(v & 1 for v in vec) * mmap.PAGESIZE
+
+
 class PackedB:
     """A constant B (K, N) packed once into MKL's internal layout (the weight of a MatMul,
     or the transposed weight of a convolution); `a @ B` by `product(a, c)` then skips the
@@ -180,6 +195,10 @@ class PackedB:
     @property
     def nbytes(self) -> int:
         return self.buf.nbytes
+
+    def resident(self) -> int:
+        """Bytes of the pack in memory: the pages MKL wrote (`nbytes` is what it reserved)."""
+        return resident_bytes(self.buf)
 
     def product(self, a: np.ndarray, c: np.ndarray) -> None:
         """c (M, N) = a (M, K) @ B; a row- or column-major, c row-major."""

@@ -8,9 +8,19 @@ building does the algorithm's compile-time work (packing the weight its way) and
 `REPS` timed calls within `BUDGET_S`, the median), builds only the winner for keeps, and
 returns it with a `Choice` that says what was measured.
 
+Time is not the only cost: a candidate may hold memory of its own (MKL's packed copy of a
+weight, a transposed copy, Winograd's transformed weights), which it tells by a `held()`
+attribute on its function (bytes resident). Among the candidates within `MEMORY_SLACK` of
+the fastest time (closer than these machines' noise between runs), the one holding the
+least memory wins: a packed copy must buy more speed than that to be kept. (MKL pads a
+packed matrix to a multiple of 512 columns, so a 384x384 weight's pack is 1.7x the
+weight, and each 192-column half of it packed alone 3.3x.)
+
 Settings (environment, or `settings(...)` as a context manager):
 
 - ``WORKBENCH_AUTOTUNE=0``: no measuring; every node takes its heuristic default.
+- ``WORKBENCH_MEMORY_SLACK=0``: the fastest candidate wins whatever memory it holds
+  (default 0.03: 3% slower is as fast).
 - ``WORKBENCH_ALGORITHM=winograd_f4`` or ``Conv=winograd_f2,MatMul=gemm_t``: force an
   algorithm (for teaching: watch what each costs); a node without that candidate keeps
   its own choice.
@@ -47,10 +57,13 @@ MIN_FLOPS = 4e6  # below this a node takes the heuristic default without measuri
 # default (source "budget"), so a first compile of a big model on a busy machine stays
 # bounded; WORKBENCH_AUTOTUNE_BUDGET (seconds) changes it
 PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
+# a candidate this much slower than the fastest (relative) still counts as fast: the one
+# holding the least memory among those wins
+MEMORY_SLACK = float(os.environ.get("WORKBENCH_MEMORY_SLACK", "0.03"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 7
+CACHE_VERSION = 8
 
 Builder = Callable[[], Callable[..., Any]]
 
@@ -63,12 +76,13 @@ stats: dict[str, float] = {"measured": 0, "cache_hits": 0, "seconds": 0.0}
 class Choice:
     """What selection decided for one node and shape: the algorithm, how (measured,
     cache, forced, disabled, small: below MIN_FLOPS, only: one candidate, budget: the
-    process's measuring time was spent), and the
-    median milliseconds of every candidate measured (now or when the cache was filled)."""
+    process's measuring time was spent), the median milliseconds of every candidate
+    measured (now or when the cache was filled), and the MiB each held of its own."""
 
     algorithm: str
     source: str
     candidates: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -222,25 +236,42 @@ def select(
     if entry is not None and entry.get("algorithm") in builders:
         stats["cache_hits"] += 1
         alg = entry["algorithm"]
-        return alg, builders[alg](), Choice(alg, "cache", dict(entry.get("ms", {})))
+        ms, mib = dict(entry.get("ms", {})), dict(entry.get("mib", {}))
+        return alg, builders[alg](), Choice(alg, "cache", ms, mib)
     if stats["seconds"] >= PROCESS_BUDGET_S:
         return default, builders[default](), Choice(default, "budget")
     t_start = time.perf_counter()
     args = make_args()
     ms: dict[str, float] = {}
-    best, best_name, best_fn = math.inf, default, None
+    mib: dict[str, float] = {}
+    best = math.inf
     for name in names:
         fn = builders[name]()
         t = measure(fn, args, best)
         ms[name] = round(t * 1e3, 4)
-        if t < best:
-            best, best_name, best_fn = t, name, fn
-        del fn  # a loser's packed weight goes now
+        mib[name] = round(held(fn) / 2**20, 3)
+        best = min(best, t)
+        del fn  # its packed weight goes now; the winner is built again below
+    choice = pick(ms, mib)
     stats["measured"] += 1
     stats["seconds"] += time.perf_counter() - t_start
     with _lock:
-        _store(key, {"algorithm": best_name, "ms": ms})
-    return best_name, best_fn, Choice(best_name, "measured", ms)
+        _store(key, {"algorithm": choice, "ms": ms, "mib": mib})
+    return choice, builders[choice](), Choice(choice, "measured", ms, mib)
+
+
+def held(fn: Callable[..., Any]) -> int:
+    """Bytes of memory `fn` holds of its own (its `held()`, when it has one; else none)."""
+    count = getattr(fn, "held", None)
+    return int(count()) if callable(count) else 0
+
+
+def pick(ms: Mapping[str, float], mib: Mapping[str, float]) -> str:
+    """The winner: the least memory held among the candidates within MEMORY_SLACK of the
+    fastest median (the faster of equals)."""
+    best = min(ms.values())
+    near = [n for n in ms if ms[n] <= best * (1.0 + MEMORY_SLACK)]
+    return min(near, key=lambda n: (mib.get(n, 0.0), ms[n]))
 
 
 def announce(run: Any, choice: Choice, suffix: str = "") -> None:
@@ -249,6 +280,7 @@ def announce(run: Any, choice: Choice, suffix: str = "") -> None:
     `run.choice`; then tell `run.listeners` (the backend updates the plan's Kernel)."""
     run.algorithm = choice.algorithm + suffix
     run.candidates = dict(choice.candidates)
+    run.candidates_mib = dict(choice.memory)
     run.choice = choice
     for listener in getattr(run, "listeners", ()):
         listener(choice)

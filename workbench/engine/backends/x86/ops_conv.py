@@ -589,6 +589,7 @@ def _builder(g: _ConvGeom, alg: str, w: np.ndarray, group: int) -> Callable[[], 
                 xx = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
                 return winograd.conv(xx, u, bias, m, (g.pt, g.pl), y, post)
 
+            fn.held = lambda: u.nbytes  # the transformed weights (autotune weighs them)
             return fn
         if alg == "generic":
 
@@ -602,7 +603,13 @@ def _builder(g: _ConvGeom, alg: str, w: np.ndarray, group: int) -> Callable[[], 
             wg = depthwise_nhwc.pack_weight(w)  # (taps, C): a tap of every channel a row
         else:
             wg = _pack_conv_weight(w, group)
-        return lambda x, b, y, post=None: _conv_f32(g, x, wg, b, y, alg, post)
+
+        def packed(x, b, y, post=None):
+            return _conv_f32(g, x, wg, b, y, alg, post)
+
+        own = 0 if np.shares_memory(wg, w) else wg.nbytes
+        packed.held = lambda: own
+        return packed
 
     return build
 

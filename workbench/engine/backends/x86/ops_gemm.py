@@ -193,7 +193,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     no handoff of its own."""
     k, n = bm.shape
 
-    def by_rows(product: Callable) -> Callable:
+    def by_rows(product: Callable, held: Callable[[], int] = lambda: 0) -> Callable:
         def fn(x2, o2, post=None):
             def part(lo: int, hi: int) -> None:
                 product(x2[lo:hi], o2[lo:hi])
@@ -202,9 +202,10 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
             _parallel.for_ranges(part, len(x2), grain(2.0 * k * n))
 
+        fn.held = held  # bytes of its own (autotune weighs them)
         return fn
 
-    def by_cols(product: Callable) -> Callable:
+    def by_cols(product: Callable, held: Callable[[], int] = lambda: 0) -> Callable:
         def fn(x2, o2, post=None):
             def part(lo: int, hi: int) -> None:
                 product(x2, o2, lo, hi)
@@ -213,6 +214,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
             _parallel.for_ranges(part, n, grain(2.0 * k * len(x2)), align=16)
 
+        fn.held = held
         return fn
 
     def plain():
@@ -223,7 +225,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
     def packed_t():
         bt = np.ascontiguousarray(bm.T)
-        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2))
+        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2), lambda: bt.nbytes)
 
     def cols():
         return by_cols(lambda x2, o2, lo, hi: np.matmul(x2, bm[:, lo:hi], out=o2[:, lo:hi]))
@@ -241,7 +243,8 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     if _mkl.available():
 
         def mkl_packed():
-            return by_rows(_mkl.PackedB(bm).product)
+            packed = _mkl.PackedB(bm)
+            return by_rows(packed.product, packed.resident)
 
         def mkl_packed_cols():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
@@ -252,7 +255,8 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
                     packed = packs.setdefault((lo, hi), _mkl.PackedB(bm[:, lo:hi]))
                 packed.product(x2, o2[:, lo:hi])
 
-            return by_cols(product)
+            # (each range packed on its own is padded on its own: see autotune.MEMORY_SLACK)
+            return by_cols(product, lambda: sum(p.resident() for p in packs.values()))
 
         builders |= {
             "mkl_packed": mkl_packed,
