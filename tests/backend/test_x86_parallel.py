@@ -79,10 +79,13 @@ def test_ranges_cover_the_total(total, parts, align, want):
     assert _parallel.ranges(total, parts, align) == want
 
 
+@pytest.mark.parametrize("order", ["C", "F"])  # F: Gemm's transB, a view of the initializer
 @pytest.mark.parametrize("rows", [1, 7, 130])
-def test_split_gemm_candidates_match_numpy(two_threads, rows):
+def test_split_gemm_candidates_match_numpy(two_threads, rows, order):
     rng = np.random.default_rng(rows)
     bm = rng.standard_normal((70, 333), dtype=np.float32)  # odd sizes: uneven parts
+    if order == "F":
+        bm = np.ascontiguousarray(bm.T).T
     x = rng.standard_normal((rows, 70), dtype=np.float32)
     want = x.astype(np.float64) @ bm.astype(np.float64)
     for name, build in _gemm_builders(bm).items():

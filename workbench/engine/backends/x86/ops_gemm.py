@@ -53,8 +53,13 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
     bm = None
     if b_const is not None and b_const.ndim == 2:
         bm = b_const.T if trans_b else b_const
-        # alpha folded into B: one pass less per call, at a rounding step of difference
-        bm = np.ascontiguousarray(bm * bm.dtype.type(alpha) if alpha != 1.0 else bm)
+        # alpha folded into B: one pass less per call, at a rounding step of difference.
+        # A transposed B stays a view of the initializer (BLAS and MKL read either order;
+        # a C-ordered copy is a candidate of its own, gemm_bt, that counts its memory)
+        if alpha != 1.0:
+            bm = np.ascontiguousarray(bm * bm.dtype.type(alpha))
+        elif not (bm.flags.c_contiguous or bm.flags.f_contiguous):
+            bm = np.ascontiguousarray(bm)
     cm = None
     if c_const is not None and beta != 0.0:
         cm = np.ascontiguousarray(c_const * c_const.dtype.type(beta) if beta != 1.0 else c_const)
