@@ -346,6 +346,8 @@ def test_mkl_packs_count_the_pages_they_fill():
     np.testing.assert_allclose(out, x @ b, rtol=1e-4, atol=1e-3)
     assert autotune.held(halves) > autotune.held(whole)
     assert autotune.held(builders["gemm_bt"]()) == b.nbytes
+    # Gemm's transB: B is a view of the initializer, and gemm_bt's copy is the initializer
+    assert autotune.held(ops_gemm._gemm_builders(b.T)["gemm_bt"]()) == 0
     assert autotune.held(builders["gemm"]()) == 0
 
 

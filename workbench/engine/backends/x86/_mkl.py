@@ -171,7 +171,7 @@ def resident_bytes(buf: np.ndarray) -> int:
         return buf.nbytes
     if rc != 0:
         return buf.nbytes
-    return sum(v & 1 for v in vec) * mmap.PAGESIZE
+    return int(np.count_nonzero(np.frombuffer(vec, np.uint8) & 1)) * mmap.PAGESIZE
 
 
 class PackedB:

@@ -229,8 +229,9 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
         return by_rows(lambda x2, o2: np.matmul(bm.T, x2.T, out=o2.T))
 
     def packed_t():
-        bt = np.ascontiguousarray(bm.T)
-        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2), lambda: bt.nbytes)
+        bt = np.ascontiguousarray(bm.T)  # (a view when bm is a transposed initializer)
+        own = 0 if np.shares_memory(bt, bm) else bt.nbytes
+        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2), lambda: own)
 
     def cols():
         return by_cols(lambda x2, o2, lo, hi: np.matmul(x2, bm[:, lo:hi], out=o2[:, lo:hi]))
