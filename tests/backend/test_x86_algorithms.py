@@ -6,6 +6,8 @@ thread setting (workbench/_threads.py) reaches BLAS and numba."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -190,6 +192,28 @@ def test_fused_matmul_epilogue_on_each_part_matches_reference(gemm_alg, act):
     (got,) = step.run(a, b, bias, out=(buf,))
     assert got is buf
     assert_close(buf, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_exact_gelu_is_accurate_over_the_whole_range():
+    """The epilogue's exact Gelu (float32 erfc with -x^2/2 in two parts, one vectorized
+    pass) against x/2 erfc(-x / sqrt 2) in float64, through a FusedMatMul by [[1]]: within
+    8 float32 ulp from -15 to 15, the negative tail included (where 1 + erf would cancel),
+    and NaN / inf as the formula gives them."""
+    x = np.linspace(-15.0, 15.0, 30001, dtype=np.float32)
+    x = np.concatenate([x, [np.nan, np.inf, -np.inf, 0.0, 1e-30, -1e-30]]).astype(np.float32)
+    a, one, zero = x.reshape(-1, 1), np.ones((1, 1), np.float32), np.zeros(1, np.float32)
+    model, feeds = node_model(
+        "FusedMatMul", [a, one, zero], {"activation": "Gelu"}, domain="workbench", consts=(1, 2)
+    )
+    got = wb.Session(wb.load(model, check=False), "x86").run(feeds)["out0"].reshape(-1)
+    finite = np.isfinite(x)
+    exact = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x[finite].tolist()])
+    normal = np.abs(exact) >= np.finfo(np.float32).tiny
+    ulps = np.abs(got[finite] - exact)[normal] / np.spacing(
+        np.abs(exact[normal]).astype(np.float32)
+    )
+    assert ulps.max() <= 8, f"{ulps.max():.1f} ulp at x = {x[finite][normal][ulps.argmax()]}"
+    assert np.isnan(got[-6]) and got[-5] == np.inf and np.isnan(got[-4])  # as the formula
 
 
 def test_fused_conv_shows_the_selected_algorithm():

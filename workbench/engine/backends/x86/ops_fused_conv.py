@@ -13,9 +13,9 @@ threads when the activation is costly. ops_conv_nhwc.py runs the same epilogue o
 channels-last convolutions.
 
 The epilogue computes in float32 as the plain kernels do, with two exceptions made for
-speed: exp is a vectorizable polynomial (libm's is a call per element) and exact Gelu is
-the x86 Erf kernel's float64 polynomial with libm's erfc for the tail below -3. All stay
-within a few float32 ulp of the exact functions. The activations are those of the
+speed: exp is a vectorizable polynomial (libm's is a call per element), and exact Gelu
+goes through erfc in float32 in one vectorized pass (`_gelu_erfc`). All stay within a few
+float32 ulp of the exact functions. The activations are those of the
 `activation` attribute (see passes/fusion/activation.py).
 """
 
@@ -35,7 +35,6 @@ from . import _parallel, autotune
 from ._numba import CONTRACT, all_f32, const_input, declines_dtype, njit, u64
 from ._table import kernels
 from .ops_conv import conv as plain_conv
-from .ops_fused_transformer import _erf  # the x86 Erf kernel's polynomial, split in two chains
 from .ops_gemm import gemm as plain_gemm
 from .ops_gemm import matmul as plain_matmul
 
@@ -64,7 +63,8 @@ _INF = np.float32(np.inf)
 _SIXTH = np.float32(1.0 / 6.0)  # HardSwish's alpha, as the x86 HardSwish kernel uses it
 _GELU_A = np.float32(0.044715)
 _GELU_2C = np.float32(2.0 * math.sqrt(2.0 / math.pi))
-_GELU_SPLIT = np.float32(-3.0)  # exact Gelu below this goes through libm's erfc
+_TWO = np.float32(2.0)
+_SQRT_HALF = np.float32(math.sqrt(0.5))
 
 # exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two so k ln 2 is
 # exact), exp(r) by Cephes' expf polynomial, 2^k as two float32 powers of two made from
@@ -96,19 +96,73 @@ def _pow2(k):  # pragma: no cover - compiled
     return _f32_from_bits((k + np.int32(127)) << np.int32(23))
 
 
+@intrinsic
+def _bits_of_f32(typingctx, x):  # pragma: no cover - compiled
+    """The int32 bit pattern of the float32 `x`."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
 @njit(inline="always")
 def _exp(x):  # pragma: no cover - compiled
+    return _exp_split(x, _ZERO)
+
+
+@njit(inline="always")
+def _exp_split(hi, lo):  # pragma: no cover - compiled
+    """exp(hi + lo) for a small `lo`, hi's digits kept whole in the reduction r = hi + lo -
+    k ln 2: hi - k ln2_hi is exact, so an argument whose own float32 rounding would cost
+    ulps (a rounded -x^2/2 of 50 is off by up to 2e-6, and exp's relative error is that)
+    can come in two parts. `_exp(x)` is `_exp_split(x, 0)`: the same operations as before."""
+    x = hi + lo
     big, tiny = x > _EXP_HI, x < _EXP_LO
-    x = _EXP_HI if big else x
+    x = _EXP_HI if big else x  # (k in range: the result is replaced below anyway)
     x = _EXP_LO if tiny else x
     k = np.floor(x * _LOG2E + _HALF)
-    r = x - k * _LN2_HI - k * _LN2_LO
+    r = (hi - k * _LN2_HI) + lo - k * _LN2_LO
     p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
     k1 = np.int32(k) >> np.int32(1)
     k2 = np.int32(k) - k1
     e = (p * r * r + r + _ONE) * _pow2(k1) * _pow2(k2)
     e = _INF if big else e
     return _ZERO if tiny else e
+
+
+# erfc(a) = t exp(-a^2 + R(t)), t = 1 / (1 + a/2), for 0 <= a <= 10.1 (beyond, float32
+# erfc is 0): R is the degree-9 least-squares Chebyshev fit of log(erfc(a) / t) + a^2 in t
+# on [1/6.05, 1] (from math.erfc at 2000 Chebyshev nodes; its largest error 5e-8, converted
+# to powers of t, rounded to float32). The form of Numerical Recipes' erfcc, fitted anew.
+_R = (-1.2654505, 0.9986839, 0.38620144, 0.0366987, -0.0048869164)
+_R += (-0.06871341, -0.7102144, 1.1672064, -0.6852698, 0.14574456)
+_R0, _R1, _R2, _R3, _R4, _R5, _R6, _R7, _R8, _R9 = (np.float32(c) for c in _R)
+_ERFC_A_MAX = np.float32(10.1)
+_GELU_X_MAX = np.float32(14.5)  # |x| / sqrt 2 past _ERFC_A_MAX: clamped, and finite
+_HIGH_12 = np.int32(-4096)  # keeps a float32's sign, exponent and first 12 significand bits
+
+
+@njit(inline="always")
+def _gelu_erfc(x):  # pragma: no cover - compiled
+    """Exact Gelu x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), in float32.
+
+    With a = |x| / sqrt 2 and E = erfc(a): 1 + erf = E for x < 0 and 2 - E above, so
+    neither side cancels (1 + erf(-3 / sqrt 2) would lose 9 bits to the sum). -a^2 = -x^2/2
+    is passed to exp in two parts: xh (x's first 12 bits) squares exactly, the rest is
+    small. Within 6 float32 ulp of the float64 formula on [-15, 15] (measured at 600k
+    points); NaN stays NaN and +-inf give inf and NaN, as x/2 erfc(-x / sqrt 2) does."""
+    ax = abs(x)
+    ax = _GELU_X_MAX if ax > _GELU_X_MAX else ax
+    a = ax * _SQRT_HALF
+    a = _ERFC_A_MAX if a > _ERFC_A_MAX else a
+    t = _ONE / (_ONE + _HALF * a)
+    r = (((_R9 * t + _R8) * t + _R7) * t + _R6) * t + _R5
+    r = ((((r * t + _R4) * t + _R3) * t + _R2) * t + _R1) * t + _R0
+    xh = _f32_from_bits(_bits_of_f32(ax) & _HIGH_12)
+    xl = ax - xh  # exact; x^2 = xh^2 + xl (2 xh + xl), the first term exact in float32
+    e = t * _exp_split(-_HALF * xh * xh, r - _HALF * xl * (xh + xh + xl))
+    return _HALF * x * (e if x < _ZERO else _TWO - e)
 
 
 # -- the epilogue -------------------------------------------------------------------------------
@@ -151,19 +205,8 @@ def _activate(y, lo, hi, act, p0, p1):  # pragma: no cover - compiled
             v = y[u64(i)]
             y[u64(i)] = v * (_ONE / (_ONE + _exp(-v)))
     elif act == 8:  # exact Gelu: x/2 (1 + erf(x / sqrt 2))
-        # by the polynomial above -3; below, 1 + erf cancels too many digits: those values
-        # are left as they are and redone with erfc (gelu(x) > -0.2 above -3, so what is
-        # still below -3 after the first loop is exactly them; rare, so a scalar loop)
         for i in range(lo, hi):
-            v = y[u64(i)]
-            w = np.float64(v)
-            g = np.float32(0.5 * w * (1.0 + _erf(w * 0.7071067811865476)))
-            y[u64(i)] = g if v >= _GELU_SPLIT else v
-        for i in range(lo, hi):
-            v = y[u64(i)]
-            if v < _GELU_SPLIT:
-                w = np.float64(v)
-                y[u64(i)] = 0.5 * w * math.erfc(-w * 0.7071067811865476)
+            y[u64(i)] = _gelu_erfc(y[u64(i)])
     elif act == 9:  # tanh Gelu: x/2 (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715x^3)
         for i in range(lo, hi):
             v = y[u64(i)]
