@@ -63,7 +63,7 @@ MEMORY_SLACK = float(os.environ.get("WORKBENCH_MEMORY_SLACK", "0.03"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 8
+CACHE_VERSION = 9
 
 Builder = Callable[[], Callable[..., Any]]
 
@@ -175,7 +175,11 @@ def clear_memory() -> None:
 
 def cache_key(op: str, shapes: Any, attrs: Any, dtype: str = "float32") -> str:
     # (MKL's presence too: its candidates join the contest when it is installed)
+    from . import _native  # (imports kernels that import this module)
+
+    # (and whether parts run on numba's threads: it changes which candidate is fastest)
     key = [op, shapes, attrs, dtype, _threads.current(), CACHE_VERSION, _mkl.available()]
+    key.append(_native.available())
     return json.dumps(key, sort_keys=True, default=str)
 
 

@@ -448,7 +448,10 @@ def _conv_f32(
         return None if post is None else (lambda c0, c1, q0, q1: post(y, n, c0, c1, q0, q1))
 
     product = _mkl.sgemm if alg.endswith("_mkl") else _blas
-    if alg in ("gemm_1x1_t", "gemm_1x1", "gemm_1x1_mkl") and g.group == 1:
+    if alg == "gemm_1x1_mkl" and g.group == 1:
+        for n in range(g.n):
+            mkl_conv_gemm(wg[0], x4[n].reshape(g.c, p), y[n].reshape(g.m, p), post, n, y)
+    elif alg in ("gemm_1x1_t", "gemm_1x1", "gemm_1x1_mkl") and g.group == 1:
         for n in range(g.n):
             y2 = y[n].reshape(g.m, p)
             xn = x4[n].reshape(g.c, p)
@@ -462,7 +465,9 @@ def _conv_f32(
         col = scratch((g.c * g.kh * g.kw, p), "Conv im2col buffer")
         for n in range(g.n):
             im2col(x4[n], g, col)
-            if g.group == 1:
+            if alg == "im2col_gemm_mkl" and g.group == 1:
+                mkl_conv_gemm(wg[0], col, y[n].reshape(g.m, p), post, n, y)
+            elif g.group == 1:
                 y2 = y[n].reshape(g.m, p)
                 conv_gemm(wg[0], col, y2, alg == "im2col_gemm_t", image_post(n), product)
             else:
@@ -533,6 +538,23 @@ def conv_gemm(
                 post(lo, hi, 0, p)
 
         _parallel.for_ranges(part, m, grain(2.0 * k * p))
+
+
+def mkl_conv_gemm(
+    w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, post: ImagePost | None, n: int, y: np.ndarray
+) -> None:
+    """`conv_gemm` by MKL for image n of y, its parts on numba's threads when they can run
+    there (see _native.py), else on the pool."""
+    from . import _native  # (imports the epilogue kernels, which import this module)
+
+    (m, k), p = w2.shape, x2.shape[1]
+    if p >= 256:
+        by_cols, parts = True, _parallel.split(p, grain(2.0 * m * k), align=16)
+    else:
+        by_cols, parts = False, _parallel.split(m, grain(2.0 * k * p))
+    if not _native.conv_gemm(w2, x2, y2, by_cols, parts, post, n):
+        image_post = None if post is None else (lambda c0, c1, q0, q1: post(y, n, c0, c1, q0, q1))
+        conv_gemm(w2, x2, y2, False, image_post, _mkl.sgemm)
 
 
 Post = Callable[[int, int, int, int], None]  # (c0, c1, q0, q1): a block of one image

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import dest
-from . import _parallel, depthwise_nhwc
+from . import _native, _parallel, depthwise_nhwc
 from ._numba import all_f32, const_input, njit, scratch, u64
 from ._table import kernels
 from .ops_conv import _ConvGeom
-from .ops_fused_conv import _EMPTY, _declines, _epilogue_tile, _full, _vector, activation_of
+from .ops_fused_conv import _EMPTY, Epilogue, _declines, _full, _vector, activation_of
 from .ops_gemm import _static_rows, _TunedProduct
 
 if TYPE_CHECKING:
@@ -106,11 +106,7 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
         y = _output(out, shape)
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         bv = bias if bias is not None else _vector(b, m, "FusedConvNHWC B")
-        zz = _full(z, shape, "FusedConvNHWC residual Z")
-
-        def post(o2, r0, r1, c0, c1):
-            _epilogue_tile(o2.reshape(-1), bv, zz, m, r0, r1, c0, c1, *act)
-
+        post = Epilogue(bv, _full(z, shape, "FusedConvNHWC residual Z"), act)
         product(x2, y.reshape(-1, m), post)
         return (y,)
 
@@ -185,12 +181,8 @@ def _im2col(
                 )  # fmt: skip
 
             z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
-
-            def post(o2, r0, r1, c0, c1, z_i=z_i):
-                _epilogue_tile(o2.reshape(-1), bv, z_i, m, r0, r1, c0, c1, *act)
-
             _parallel.for_ranges(rows, g.oh, grain)
-            product(col, y[i].reshape(p, m), post)
+            product(col, y[i].reshape(p, m), Epilogue(bv, z_i, act))
         return (y,)
 
     run.listeners, run.candidates, run.suffix = [], {}, "_im2col_nhwc"
@@ -230,19 +222,14 @@ def _depthwise(
         zn = None if zz is _EMPTY else zz.reshape(n, -1)
         finish = act[0] != 0 or zn is not None
         repeated = runs_for(g.sw, bv)
+        grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
         for i in range(n):
-
-            def rows(lo: int, hi: int, i: int = i) -> None:
-                depthwise_nhwc._depthwise_hwc(
-                    xf[i], wt, bv, h, wd, c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
-                    g.pt, g.pl, g.ow, lo, hi, yf[i], *repeated,
-                )  # fmt: skip
-                if finish:  # the bias is in; the residual and activation on these rows
-                    z_i = _EMPTY if zn is None else zn[i]
-                    _epilogue_tile(yf[i], zero, z_i, c, lo * g.ow, hi * g.ow, 0, c, *act)
-
-            grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
-            _parallel.for_ranges(rows, g.oh, grain)
+            args = (
+                xf[i], wt, bv, h, wd, c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow,
+                yf[i], *repeated,
+            )  # fmt: skip
+            z_i = _EMPTY if zn is None else zn[i]
+            _native.depthwise(args, g.oh, grain, (z_i, zero, *act, finish))
         return (y,)
 
     run.algorithm = "depthwise_nhwc"

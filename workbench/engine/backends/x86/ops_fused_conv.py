@@ -324,6 +324,44 @@ def epilogue_rows(y, b, z, rows, cols, act, p0, p1) -> None:
 _EMPTY = np.empty(0, np.float32)
 
 
+class Epilogue:
+    """A product's fused epilogue as data: o2[r, c] = act(o2[r, c] + bias[c] + z[r, c]) on
+    a block of o2 (rows, cols), z flat of o2's size or empty. Called as a `post(o2, r0, r1,
+    c0, c1)` of ops_gemm it runs `_epilogue_tile`; being data, the compiled parts of
+    _native.py run it too, with no Python between a block's product and its epilogue."""
+
+    __slots__ = ("act", "bias", "p0", "p1", "z")
+
+    def __init__(self, bias: np.ndarray, z: np.ndarray, act: tuple) -> None:
+        self.bias, self.z = bias, z
+        self.act, self.p0, self.p1 = act
+
+    def __call__(self, o2: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
+        _epilogue_tile(
+            o2.reshape(-1), self.bias, self.z, o2.shape[1], r0, r1, c0, c1,
+            self.act, self.p0, self.p1,
+        )  # fmt: skip
+
+
+class ImageEpilogue(Epilogue):
+    """A FusedConv's epilogue as data: y[n, c, q] = act(y[n, c, q] + bias[c] + z[n, c, q])
+    on a block of image n of the output y (N, M, ...), z (N, M*positions) or empty. Called
+    as ops_conv's `post(y, n, c0, c1, q0, q1)` (channels c0..c1-1, positions q0..q1-1)."""
+
+    __slots__ = ()
+
+    def image_z(self, n: int) -> np.ndarray:
+        return self.z if self.z.size == 0 else self.z[n]
+
+    def __call__(self, y, n, c0, c1, q0, q1) -> None:  # type: ignore[override]
+        m = self.bias.size
+        p = y.size // (y.shape[0] * m)
+        yn = y.reshape(y.shape[0], -1)[n]
+        _epilogue_block(
+            yn, self.bias, self.image_z(n), p, c0, c1, q0, q1, self.act, self.p0, self.p1
+        )
+
+
 def activation_of(node: Node) -> tuple[int, np.float32, np.float32] | None:
     """(code, p0, p1) of the node's activation, or None when the attributes are not ones
     the epilogue knows (the reference kernel then says what is wrong)."""
@@ -446,13 +484,7 @@ def fused_conv(node: Node, ctx: CompileContext) -> KernelFn | None:
             # while the block is still in cache (one pass over memory instead of two)
             bv = bias if bias is not None and bias.size == m else _vector(b, m, "FusedConv B")
             zz = _EMPTY if z is None else z.reshape(z.shape[0], -1)
-
-            def post(y, n, c0, c1, q0, q1):
-                p = y.size // (y.shape[0] * m)
-                zn = zz if z is None else zz[n]
-                _epilogue_block(y.reshape(y.shape[0], -1)[n], bv, zn, p, c0, c1, q0, q1, *act)
-
-            (res,) = _call(conv, out, x, w, post=post)
+            (res,) = _call(conv, out, x, w, post=ImageEpilogue(bv, zz, act))
             return (res,)
         (res,) = _call(conv, out, x, w)
         y = _owned(res)
@@ -533,11 +565,7 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
         if getattr(matmul, "takes_post", False) and a.ndim >= 2 and all_f32(a, b):
             # the epilogue on each part's block as soon as its product is done, on the
             # same thread, while the block is in that core's cache (no second pass)
-            bv = _bias_vector(given, b.shape[-1])
-
-            def post(o2, r0, r1, c0, c1):
-                _epilogue_tile(o2.reshape(-1), bv, _EMPTY, o2.shape[1], r0, r1, c0, c1, *act)
-
+            post = Epilogue(_bias_vector(given, b.shape[-1]), _EMPTY, act)
             return _call(matmul, out, a, b, post=post)
         (res,) = _call(matmul, out, a, b)
         y = _owned(res)

@@ -198,8 +198,13 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     no handoff of its own."""
     k, n = bm.shape
 
-    def by_rows(product: Callable, held: Callable[[], int] = lambda: 0) -> Callable:
+    def by_rows(
+        product: Callable, held: Callable[[], int] = lambda: 0, native: Callable | None = None
+    ) -> Callable:
         def fn(x2, o2, post=None):
+            if native is not None and native(x2, o2, post):
+                return
+
             def part(lo: int, hi: int) -> None:
                 product(x2[lo:hi], o2[lo:hi])
                 if post is not None:
@@ -210,8 +215,13 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
         fn.held = held  # bytes of its own (autotune weighs them)
         return fn
 
-    def by_cols(product: Callable, held: Callable[[], int] = lambda: 0) -> Callable:
+    def by_cols(
+        product: Callable, held: Callable[[], int] = lambda: 0, native: Callable | None = None
+    ) -> Callable:
         def fn(x2, o2, post=None):
+            if native is not None and native(x2, o2, post):
+                return
+
             def part(lo: int, hi: int) -> None:
                 product(x2, o2, lo, hi)
                 if post is not None:
@@ -247,10 +257,15 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
         "gemm_t_cols": cols_t,
     }
     if _mkl.available():
+        from . import _native  # (imports the epilogue kernels, which import this module)
 
         def mkl_packed():
             packed = _mkl.PackedB(bm)
-            return by_rows(packed.product, packed.resident)
+
+            def native(x2, o2, post):  # the parts on numba's threads, where they can run
+                return _native.packed_rows(packed, x2, o2, post, grain(2.0 * k * n))
+
+            return by_rows(packed.product, packed.resident, native)
 
         def mkl_packed_cols():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
@@ -261,8 +276,12 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
                     packed = packs.setdefault((lo, hi), _mkl.PackedB(bm[:, lo:hi]))
                 packed.product(x2, o2[:, lo:hi])
 
+            def native(x2, o2, post):
+                return _native.packed_cols(packs, bm, x2, o2, post, grain(2.0 * k * len(x2)))
+
             # (each range packed on its own is padded on its own: see autotune.MEMORY_SLACK)
-            return by_cols(product, lambda: sum(p.resident() for p in packs.values()))
+            held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
+            return by_cols(product, held, native)
 
         builders |= {
             "mkl_packed": mkl_packed,

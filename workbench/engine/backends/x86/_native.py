@@ -1,0 +1,367 @@
+"""Kernels whose parts run on numba's own threads: every step of a part is compiled code
+(MKL's packed GEMM called through a function pointer, the fused epilogue, the
+channels-last depthwise loop), so the parts of one call start and end without Python.
+
+Why: the pool of _parallel.py runs each part on a Python thread, which must take the GIL
+to start its part and again to report it done. Measured on the 2-vCPU machine (one call,
+median us, one thread / our pool's two parts / the same two parts here): a part that does
+nothing - / 17-23 / 4; MKL's packed 196x64x384 product 151 / 197 / 93; 3136x24x144
+469 / 286-335 / 218. The pool's two threads were slower than one on MobileNetV2's small
+products; numba's threads (`parallel=True`, a `prange` over the parts) are not.
+
+The thread team is numba's threading layer, asked for as "threadsafe" (TBB or OpenMP:
+kernels may be called from several Python threads at once) unless NUMBA_THREADING_LAYER
+says otherwise. Where none loads, or with `WORKBENCH_NATIVE_THREADS=0`, `available()` is
+False and the kernels use the pool as before. A part is cut as the pool cuts it
+(`_parallel.split`: the same grains, one part per thread, one part inside another part).
+
+OpenMP's threads spin a while after each parallel region before they sleep; without the
+spin a part waits for its thread to wake (MobileNetV2 with OMP_WAIT_POLICY=passive: 30.6
+ms against 18.9). `workbench._threads` keeps the spin short (GOMP_SPINCOUNT), so that a
+run's threads bridge the gap between two kernels but stop soon after the run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import threading
+
+import numpy as np
+from numba import prange
+
+from .... import _threads
+from . import _mkl, _parallel
+from ._numba import CONTRACT, njit, u64
+from .depthwise_nhwc import _depthwise_hwc
+from .ops_fused_conv import _EMPTY, Epilogue, ImageEpilogue, _epilogue_block, _epilogue_tile
+
+_ROW_MAJOR, _PACKED = 101, 151
+_NO_TRANS = 111
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+@njit(parallel=True)
+def _probe(x):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        x[i] += 1.0
+
+
+def available() -> bool:
+    """Whether numba's parallel loops run here (checked once per process)."""
+    if "ok" not in _state:
+        with _lock:
+            if "ok" not in _state:
+                _state["ok"] = _check()
+    return bool(_state["ok"])
+
+
+def why() -> str:
+    """Why `available()` is False ('' when it is True)."""
+    return "" if available() else str(_state.get("why", ""))
+
+
+def _check() -> bool:
+    if os.environ.get("WORKBENCH_NATIVE_THREADS", "").strip().lower() in ("0", "off", "no"):
+        _state["why"] = "turned off by WORKBENCH_NATIVE_THREADS"
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        # measured on x86 only; the arm backend's emulated worker would spend minutes
+        # compiling the parallel loops under qemu
+        _state["why"] = f"x86-64 only (this is {platform.machine()})"
+        return False
+    _threads.current()  # (the layer is chosen and started there)
+    try:
+        x = np.zeros(4)
+        _probe(x)
+        ok = bool(np.all(x == 1.0))
+    except Exception as e:  # no threading layer loads: the pool does the parts
+        _state["why"] = f"numba's threading layer: {e}"
+        return False
+    if not ok:
+        _state["why"] = "numba's parallel loop gave a wrong result"
+    return ok
+
+
+# cblas_sgemm_compute with its pointers as integers, so that compiled code can pass the
+# addresses it computes (numba calls a ctypes function pointer given as an argument; the
+# pointer itself is never frozen into the cached machine code)
+_COMPUTE_T = ctypes.CFUNCTYPE(
+    None, *[ctypes.c_int] * 6, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_int,
+    ctypes.c_float, ctypes.c_size_t, ctypes.c_int,
+)  # fmt: skip
+
+
+# cblas_sgemm likewise
+_SGEMM_T = ctypes.CFUNCTYPE(
+    None, *[ctypes.c_int] * 6, ctypes.c_float, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t,
+    ctypes.c_int, ctypes.c_float, ctypes.c_size_t, ctypes.c_int,
+)  # fmt: skip
+
+
+def _sgemm():
+    fn = _state.get("sgemm")
+    if fn is None:
+        address = ctypes.cast(_mkl.library().cblas_sgemm, ctypes.c_void_p).value
+        fn = _state["sgemm"] = _SGEMM_T(address)
+    return fn
+
+
+def _compute():
+    fn = _state.get("compute")
+    if fn is None:
+        lib = _mkl.library()
+        address = ctypes.cast(lib.cblas_sgemm_compute, ctypes.c_void_p).value
+        fn = _state["compute"] = _COMPUTE_T(address)
+    return fn
+
+
+@njit(fastmath=CONTRACT)
+def _rows_part(fp, a, ta, lda, k, buf, n, y, lo, hi, b, z, act, p0, p1, epi):  # pragma: no cover
+    """Rows lo..hi-1 of y (rows, n) = A @ B (B packed at `buf`), then the epilogue on them.
+    A is at address `a`: row-major with leading dimension lda, or its transpose (ta)."""
+    if hi <= lo:
+        return
+    first = lo * lda if ta == _NO_TRANS else lo
+    fp(
+        _ROW_MAJOR, ta, _PACKED, hi - lo, n, k, u64(a + first * 4), lda, u64(buf), n, 0.0,
+        y.ctypes.data + u64(lo * n * 4), n,
+    )  # fmt: skip
+    if epi:
+        _epilogue_tile(y, b, z, n, lo, hi, 0, n, act, p0, p1)
+
+
+@njit(parallel=True, fastmath=CONTRACT)
+def _rows(fp, a, ta, lda, k, buf, n, y, bounds, b, z, act, p0, p1, epi):  # pragma: no cover
+    for t in prange(bounds.size - 1):
+        _rows_part(fp, a, ta, lda, k, buf, n, y, bounds[t], bounds[t + 1], b, z, act, p0, p1, epi)
+
+
+@njit(fastmath=CONTRACT)
+def _cols_part(fp, a, ta, lda, m, k, buf, n, y, lo, hi, b, z, act, p0, p1, epi):  # pragma: no cover
+    """Columns lo..hi-1 of y (m, n) = A @ B[:, lo:hi] (that range packed at `buf`), then
+    the epilogue on them."""
+    if hi <= lo:
+        return
+    fp(
+        _ROW_MAJOR, ta, _PACKED, m, hi - lo, k, u64(a), lda, u64(buf), hi - lo, 0.0,
+        y.ctypes.data + u64(lo * 4), n,
+    )  # fmt: skip
+    if epi:
+        _epilogue_tile(y, b, z, n, 0, m, lo, hi, act, p0, p1)
+
+
+@njit(parallel=True, fastmath=CONTRACT)
+def _cols(fp, a, ta, lda, m, k, bufs, n, y, bounds, b, z, act, p0, p1, epi):  # pragma: no cover
+    for t in prange(bounds.size - 1):
+        _cols_part(
+            fp, a, ta, lda, m, k, bufs[t], n, y, bounds[t], bounds[t + 1], b, z, act, p0, p1, epi
+        )
+
+
+@njit(fastmath=CONTRACT)
+def _conv_part(fp, w, x, y, m, k, p, lo, hi, by_cols, b, z, act, p0, p1, epi):  # pragma: no cover
+    """A block of one image's y (M, P) = w (M, K) @ x (K, P) (all flat, row-major): the
+    columns lo..hi-1 (by_cols) or the rows lo..hi-1, then the epilogue on it."""
+    if hi <= lo:
+        return
+    if by_cols:
+        fp(
+            _ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, hi - lo, k, 1.0, w.ctypes.data, k,
+            x.ctypes.data + u64(lo * 4), p, 0.0, y.ctypes.data + u64(lo * 4), p,
+        )  # fmt: skip
+        if epi:
+            _epilogue_block(y, b, z, p, 0, m, lo, hi, act, p0, p1)
+    else:
+        fp(
+            _ROW_MAJOR, _NO_TRANS, _NO_TRANS, hi - lo, p, k, 1.0, w.ctypes.data + u64(lo * k * 4),
+            k, x.ctypes.data, p, 0.0, y.ctypes.data + u64(lo * p * 4), p,
+        )  # fmt: skip
+        if epi:
+            _epilogue_block(y, b, z, p, lo, hi, 0, p, act, p0, p1)
+
+
+@njit(parallel=True, fastmath=CONTRACT)
+def _conv(fp, w, x, y, m, k, p, bounds, by_cols, b, z, act, p0, p1, epi):  # pragma: no cover
+    for t in prange(bounds.size - 1):
+        _conv_part(fp, w, x, y, m, k, p, bounds[t], bounds[t + 1], by_cols, b, z, act, p0, p1, epi)
+
+
+def conv_gemm(
+    w2: np.ndarray, x2: np.ndarray, y2: np.ndarray, by_cols: bool, parts: list, post, n: int
+) -> bool:
+    """y2 (M, P) = w2 (M, K) @ x2 (K, P) by MKL, in `parts` of y2's columns (by_cols) or
+    rows, each followed by its block of `post` (an ImageEpilogue, for image n of the
+    output, or None); False (nothing done) where this path does not apply."""
+    if post is None:
+        epi = (_EMPTY, _EMPTY, 0, np.float32(0), np.float32(0), False)
+    elif isinstance(post, ImageEpilogue):
+        epi = (post.bias, post.image_z(n), post.act, post.p0, post.p1, True)
+    else:
+        return False
+    if not (w2.flags.c_contiguous and x2.flags.c_contiguous and y2.flags.c_contiguous):
+        return False
+    if not parts or not available():
+        return not parts
+    (m, k), p = w2.shape, x2.shape[1]
+    w, x, y = w2.reshape(-1), x2.reshape(-1), y2.reshape(-1)
+    if len(parts) == 1:
+        _conv_part(_sgemm(), w, x, y, m, k, p, *parts[0], by_cols, *epi)
+    else:
+        _conv(_sgemm(), w, x, y, m, k, p, _bounds(parts), by_cols, *epi)
+    return True
+
+
+def _epilogue(post: object) -> tuple | None:
+    """(b, z, act, p0, p1, epi) for the compiled parts, or None for a `post` they cannot run
+    (a Python callable other than an `Epilogue`)."""
+    if post is None:
+        return _EMPTY, _EMPTY, 0, np.float32(0), np.float32(0), False
+    if isinstance(post, Epilogue):
+        return post.bias, post.z, post.act, post.p0, post.p1, True
+    return None
+
+
+def _bounds(parts: list[tuple[int, int]]) -> np.ndarray:
+    return np.array([lo for lo, _ in parts] + [parts[-1][1]], np.int64)
+
+
+def packed_rows(packed: _mkl.PackedB, x2: np.ndarray, o2: np.ndarray, post, grain: int) -> bool:
+    """o2 = x2 @ B and `post` on o2, x2's rows split over numba's threads; False (nothing
+    done) where this path does not apply and the caller's pool must do it."""
+    epi = _epilogue(post)
+    if epi is None or not o2.flags.c_contiguous or not available():
+        return False
+    m = x2.shape[0]
+    if m == 0:
+        return True
+    ta, lda = _mkl._operand(x2)
+    y, buf, a = o2.reshape(-1), packed.buf.ctypes.data, x2.ctypes.data
+    parts = _parallel.split(m, grain)
+    if len(parts) == 1:
+        _rows_part(_compute(), a, ta, lda, packed.k, buf, packed.n, y, 0, m, *epi)
+    else:
+        _rows(_compute(), a, ta, lda, packed.k, buf, packed.n, y, _bounds(parts), *epi)
+    return True
+
+
+def packed_cols(
+    packs: dict, bm: np.ndarray, x2: np.ndarray, o2: np.ndarray, post, grain: int
+) -> bool:
+    """o2 = x2 @ bm and `post` on o2, bm's columns split over numba's threads, each range
+    packed once into `packs` ((lo, hi) -> PackedB); False where the pool must do it."""
+    epi = _epilogue(post)
+    if epi is None or not o2.flags.c_contiguous or not available():
+        return False
+    m, (k, n) = x2.shape[0], bm.shape
+    if m == 0:
+        return True
+    parts = _parallel.split(n, grain, align=16)
+    bufs = np.empty(len(parts), np.uint64)
+    for i, (lo, hi) in enumerate(parts):
+        packed = packs.get((lo, hi))
+        if packed is None:
+            packed = packs.setdefault((lo, hi), _mkl.PackedB(bm[:, lo:hi]))
+        bufs[i] = packed.buf.ctypes.data
+    ta, lda = _mkl._operand(x2)
+    y, a = o2.reshape(-1), x2.ctypes.data
+    if len(parts) == 1:
+        _cols_part(_compute(), a, ta, lda, m, k, bufs[0], n, y, 0, n, *epi)
+    else:
+        _cols(_compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
+    return True
+
+
+@njit(fastmath=CONTRACT)
+def _depthwise_part(
+    x,
+    w,
+    b,
+    h,
+    wd,
+    c,
+    kh,
+    kw,
+    sh,
+    sw,
+    dh,
+    dw,
+    pt,
+    pl,
+    ow,
+    lo,
+    hi,
+    y,
+    wr,
+    br,
+    run,
+    z,
+    zero,
+    act,
+    p0,
+    p1,
+    finish,
+):  # pragma: no cover - compiled
+    _depthwise_hwc(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br, run)
+    if finish:  # the bias is in; the residual and activation on these rows
+        _epilogue_tile(y, zero, z, c, lo * ow, hi * ow, 0, c, act, p0, p1)
+
+
+@njit(parallel=True, fastmath=CONTRACT)
+def _depthwise(
+    x,
+    w,
+    b,
+    h,
+    wd,
+    c,
+    kh,
+    kw,
+    sh,
+    sw,
+    dh,
+    dw,
+    pt,
+    pl,
+    ow,
+    bounds,
+    y,
+    wr,
+    br,
+    run,
+    z,
+    zero,
+    act,
+    p0,
+    p1,
+    finish,
+):  # pragma: no cover - compiled
+    for t in prange(bounds.size - 1):
+        _depthwise_part(
+            x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t], bounds[t + 1],
+            y, wr, br, run, z, zero, act, p0, p1, finish,
+        )  # fmt: skip
+
+
+def depthwise(args: tuple, rows: int, grain: int, tail: tuple) -> None:
+    """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` then, when tail[-1] (finish), the
+    epilogue (tail: z, zero, act, p0, p1, finish) over output rows split like the pool's
+    parts, on numba's threads when `available()` (else on the pool)."""
+    parts = _parallel.split(rows, grain)
+    if len(parts) > 1 and available():
+        _depthwise(*args[:15], _bounds(parts), *args[15:], *tail)
+        return
+
+    def part(lo: int, hi: int) -> None:
+        _depthwise_part(*args[:15], lo, hi, *args[15:], *tail)
+
+    if len(parts) == 1:
+        part(*parts[0])
+    else:
+        _parallel.parallel(lambda i: part(*parts[i]), len(parts))
+
+
+__all__ = ["available", "conv_gemm", "depthwise", "packed_cols", "packed_rows", "why"]
