@@ -13,6 +13,10 @@ so does BLAS, so the parts run truly in parallel.
     parallel(fn, parts)           # fn(0) here, fn(1..parts-1) on the workers; waits
     for_ranges(fn, total, grain)  # fn(lo, hi) over a split of range(total)
 
+Kernels whose parts are compiled code only (MKL's GEMM with its fused epilogue, the
+channels-last depthwise conv) run them on numba's threads instead, with no GIL between
+parts (_native.py); this pool does the rest, and all of it where numba has no threads.
+
 A part that raises re-raises in the caller (the first error, after every part ended).
 Calls from inside a part run their parts one after the other on that thread: the pool
 has no nested parallelism. A handoff costs ~10-20 us, so kernels split only work of
