@@ -275,75 +275,22 @@ def packed_cols(
     return True
 
 
+# fmt: off
 @njit(fastmath=CONTRACT)
-def _depthwise_part(
-    x,
-    w,
-    b,
-    h,
-    wd,
-    c,
-    kh,
-    kw,
-    sh,
-    sw,
-    dh,
-    dw,
-    pt,
-    pl,
-    ow,
-    lo,
-    hi,
-    y,
-    wr,
-    br,
-    run,
-    z,
-    zero,
-    act,
-    p0,
-    p1,
-    finish,
-):  # pragma: no cover - compiled
+def _depthwise_part(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br,
+                    run, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
     _depthwise_hwc(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br, run)
     if finish:  # the bias is in; the residual and activation on these rows
         _epilogue_tile(y, zero, z, c, lo * ow, hi * ow, 0, c, act, p0, p1)
 
 
 @njit(parallel=True, fastmath=CONTRACT)
-def _depthwise(
-    x,
-    w,
-    b,
-    h,
-    wd,
-    c,
-    kh,
-    kw,
-    sh,
-    sw,
-    dh,
-    dw,
-    pt,
-    pl,
-    ow,
-    bounds,
-    y,
-    wr,
-    br,
-    run,
-    z,
-    zero,
-    act,
-    p0,
-    p1,
-    finish,
-):  # pragma: no cover - compiled
+def _depthwise(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, y, wr, br,
+               run, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
     for t in prange(bounds.size - 1):
-        _depthwise_part(
-            x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t], bounds[t + 1],
-            y, wr, br, run, z, zero, act, p0, p1, finish,
-        )  # fmt: skip
+        _depthwise_part(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t],
+                        bounds[t + 1], y, wr, br, run, z, zero, act, p0, p1, finish)
+# fmt: on
 
 
 def depthwise(args: tuple, rows: int, grain: int, tail: tuple) -> None:
