@@ -196,13 +196,10 @@ def conv_gemm(
     """y2 (M, P) = w2 (M, K) @ x2 (K, P) by MKL, in `parts` of y2's columns (by_cols) or
     rows, each followed by its block of `post` (an ImageEpilogue, for image n of the
     output, or None); False (nothing done) where this path does not apply."""
-    if post is None:
-        epi = (_EMPTY, _EMPTY, 0, np.float32(0), np.float32(0), False)
-    elif isinstance(post, ImageEpilogue):
-        epi = (post.bias, post.image_z(n), post.act, post.p0, post.p1, True)
-    else:
-        return False
-    if not (w2.flags.c_contiguous and x2.flags.c_contiguous and y2.flags.c_contiguous):
+    epi = _epilogue(post, n)
+    if epi is None or not (
+        w2.flags.c_contiguous and x2.flags.c_contiguous and y2.flags.c_contiguous
+    ):
         return False
     if not parts or not available():
         return not parts
@@ -215,13 +212,16 @@ def conv_gemm(
     return True
 
 
-def _epilogue(post: object) -> tuple | None:
-    """(b, z, act, p0, p1, epi) for the compiled parts, or None for a `post` they cannot run
-    (a Python callable other than an `Epilogue`)."""
+def _epilogue(post: object, image: int | None = None) -> tuple | None:
+    """(b, z, act, p0, p1, epi) for the compiled parts: of an `Epilogue` (a product's), or
+    of an `ImageEpilogue` for image `image` (a conv's); None for a `post` they cannot run
+    (any other Python callable)."""
     if post is None:
         return _EMPTY, _EMPTY, 0, np.float32(0), np.float32(0), False
-    if isinstance(post, Epilogue):
+    if image is None and type(post) is Epilogue:
         return post.bias, post.z, post.act, post.p0, post.p1, True
+    if image is not None and type(post) is ImageEpilogue:
+        return post.bias, post.image_z(image), post.act, post.p0, post.p1, True
     return None
 
 

@@ -451,7 +451,7 @@ def _conv_f32(
     if alg == "gemm_1x1_mkl" and g.group == 1:
         for n in range(g.n):
             mkl_conv_gemm(wg[0], x4[n].reshape(g.c, p), y[n].reshape(g.m, p), post, n, y)
-    elif alg in ("gemm_1x1_t", "gemm_1x1", "gemm_1x1_mkl") and g.group == 1:
+    elif alg in ("gemm_1x1_t", "gemm_1x1") and g.group == 1:
         for n in range(g.n):
             y2 = y[n].reshape(g.m, p)
             xn = x4[n].reshape(g.c, p)
