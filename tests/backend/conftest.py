@@ -47,6 +47,9 @@ def split_and_select(tmp_path, monkeypatch):
     monkeypatch.delenv("WORKBENCH_AUTOTUNE", raising=False)
     monkeypatch.delenv("WORKBENCH_ALGORITHM", raising=False)
     autotune.clear_memory()
+    # a fresh process's measuring budget: over the suite the budget would run out (a fresh
+    # numba cache compiles every candidate inside it) and selection would stop measuring
+    autotune.reset_budget()
     saved = _threads.current()
     _threads.apply(2)
     with _parallel.always_split():

@@ -301,6 +301,19 @@ def test_small_depthwise_planes_default_to_channels_last():
 BIG = ((1, 32, 20, 20), (32, 32, 3, 3), {"pads": [1, 1, 1, 1]})
 
 
+def test_selection_stops_measuring_when_the_process_budget_is_spent(monkeypatch):
+    xs, ws, attrs = BIG
+    monkeypatch.setitem(autotune.stats, "seconds", autotune.PROCESS_BUDGET_S)
+    before = autotune.stats["measured"]
+    sess, _ = session("Conv", [f32(*xs), f32(*ws)], attrs, consts=(1,))
+    run = sess.plan.steps[0].run
+    assert run.choice.source == "budget" and autotune.stats["measured"] == before
+    assert sess.plan.steps[0].kernel.algorithm == run.choice.algorithm  # the default
+    autotune.reset_budget()
+    sess, _ = session("Conv", [f32(*xs), f32(*ws)], attrs, consts=(1,))
+    assert sess.plan.steps[0].run.choice.source == "measured"
+
+
 def test_selection_measures_once_then_hits_the_disk_cache():
     xs, ws, attrs = BIG
     w = f32(*ws)

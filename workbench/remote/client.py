@@ -112,7 +112,8 @@ def worker_command() -> tuple[list[str], dict[str, str], bool]:
         NUMBA_NUM_THREADS="1",
         WORKBENCH_THREADS="1",
     )
-    for var in ("VIRTUAL_ENV", "PYTHONSTARTUP"):
+    # (the host's CPU for numba, set by the x86 kernels or the user, is not the emulated one)
+    for var in ("VIRTUAL_ENV", "PYTHONSTARTUP", "NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME"):
         env.pop(var, None)
     argv = [setup.qemu_path() or setup.QEMU, "-L", str(root), str(root / setup.PYTHON)]
     return [*argv, "-m", "workbench.remote.worker"], env, True

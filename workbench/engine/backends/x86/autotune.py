@@ -48,7 +48,7 @@ from typing import Any
 
 from .... import _threads
 from ...._cache import cache_dir
-from . import _mkl
+from . import _mkl, _numba
 
 REPS = 3  # timed calls per candidate at most (after one warm-up call)
 BUDGET_S = 0.05  # measuring time per candidate at most, warm-up excluded
@@ -180,6 +180,8 @@ def cache_key(op: str, shapes: Any, attrs: Any, dtype: str = "float32") -> str:
     # (and whether parts run on numba's threads: it changes which candidate is fastest)
     key = [op, shapes, attrs, dtype, _threads.current(), CACHE_VERSION, _mkl.available()]
     key.append(_native.available())
+    # (and numba's vector width: 512-bit vectors speed the numba kernels, not MKL's)
+    key.append(512 if _numba.VECTOR_FEATURES else "default")
     return json.dumps(key, sort_keys=True, default=str)
 
 

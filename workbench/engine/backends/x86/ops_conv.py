@@ -443,6 +443,12 @@ def _conv_f32(
             _parallel.for_ranges(part, g.m, max(1, (1 << 17) // max(1, per)))
         return y
     p = g.oh * g.ow
+    if b is not None and post is None and g.group == 1:
+        # the bias added to each block right after its GEMM, while it is in cache, rather
+        # than in a pass of its own over the whole output at the end
+        from .ops_fused_conv import _EMPTY, ImageEpilogue
+
+        post, b = ImageEpilogue(f32c(b), _EMPTY, (0, np.float32(0), np.float32(0))), None
 
     def image_post(n: int) -> Post | None:
         return None if post is None else (lambda c0, c1, q0, q1: post(y, n, c0, c1, q0, q1))
