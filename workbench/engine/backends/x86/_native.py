@@ -119,47 +119,38 @@ def _compute():
     return fn
 
 
+# fmt: off
 @njit(fastmath=CONTRACT)
-def _rows_part(fp, a, ta, lda, k, buf, n, y, lo, hi, b, z, act, p0, p1, epi):  # pragma: no cover
-    """Rows lo..hi-1 of y (rows, n) = A @ B (B packed at `buf`), then the epilogue on them.
-    A is at address `a`: row-major with leading dimension lda, or its transpose (ta)."""
-    if hi <= lo:
+def _packed_part(fp, a, ta, lda, k, buf, n, y, r0, r1, c0, c1, b, z, act, p0, p1,
+                 epi):  # pragma: no cover - compiled
+    """The block rows r0..r1-1, columns c0..c1-1 of y (rows, n) = A @ B, with B's columns
+    c0..c1-1 packed at `buf` (all of B for a part of rows, its range for a part of
+    columns), then the epilogue on the block. A is at address `a`: row-major with leading
+    dimension lda, or its transpose (ta)."""
+    if r1 <= r0 or c1 <= c0:
         return
-    first = lo * lda if ta == _NO_TRANS else lo
+    first = r0 * lda if ta == _NO_TRANS else r0
     fp(
-        _ROW_MAJOR, ta, _PACKED, hi - lo, n, k, u64(a + first * 4), lda, u64(buf), n, 0.0,
-        y.ctypes.data + u64(lo * n * 4), n,
-    )  # fmt: skip
+        _ROW_MAJOR, ta, _PACKED, r1 - r0, c1 - c0, k, u64(a + first * 4), lda, u64(buf), c1 - c0,
+        0.0, y.ctypes.data + u64((r0 * n + c0) * 4), n,
+    )
     if epi:
-        _epilogue_tile(y, b, z, n, lo, hi, 0, n, act, p0, p1)
+        _epilogue_tile(y, b, z, n, r0, r1, c0, c1, act, p0, p1)
+# fmt: on
 
 
 @njit(parallel=True, fastmath=CONTRACT)
 def _rows(fp, a, ta, lda, k, buf, n, y, bounds, b, z, act, p0, p1, epi):  # pragma: no cover
     for t in prange(bounds.size - 1):
-        _rows_part(fp, a, ta, lda, k, buf, n, y, bounds[t], bounds[t + 1], b, z, act, p0, p1, epi)
-
-
-@njit(fastmath=CONTRACT)
-def _cols_part(fp, a, ta, lda, m, k, buf, n, y, lo, hi, b, z, act, p0, p1, epi):  # pragma: no cover
-    """Columns lo..hi-1 of y (m, n) = A @ B[:, lo:hi] (that range packed at `buf`), then
-    the epilogue on them."""
-    if hi <= lo:
-        return
-    fp(
-        _ROW_MAJOR, ta, _PACKED, m, hi - lo, k, u64(a), lda, u64(buf), hi - lo, 0.0,
-        y.ctypes.data + u64(lo * 4), n,
-    )  # fmt: skip
-    if epi:
-        _epilogue_tile(y, b, z, n, 0, m, lo, hi, act, p0, p1)
+        lo, hi = bounds[t], bounds[t + 1]
+        _packed_part(fp, a, ta, lda, k, buf, n, y, lo, hi, 0, n, b, z, act, p0, p1, epi)
 
 
 @njit(parallel=True, fastmath=CONTRACT)
 def _cols(fp, a, ta, lda, m, k, bufs, n, y, bounds, b, z, act, p0, p1, epi):  # pragma: no cover
     for t in prange(bounds.size - 1):
-        _cols_part(
-            fp, a, ta, lda, m, k, bufs[t], n, y, bounds[t], bounds[t + 1], b, z, act, p0, p1, epi
-        )
+        lo, hi = bounds[t], bounds[t + 1]
+        _packed_part(fp, a, ta, lda, k, bufs[t], n, y, 0, m, lo, hi, b, z, act, p0, p1, epi)
 
 
 @njit(fastmath=CONTRACT)
@@ -242,7 +233,7 @@ def packed_rows(packed: _mkl.PackedB, x2: np.ndarray, o2: np.ndarray, post, grai
     y, buf, a = o2.reshape(-1), packed.buf.ctypes.data, x2.ctypes.data
     parts = _parallel.split(m, grain)
     if len(parts) == 1:
-        _rows_part(_compute(), a, ta, lda, packed.k, buf, packed.n, y, 0, m, *epi)
+        _packed_part(_compute(), a, ta, lda, packed.k, buf, packed.n, y, 0, m, 0, packed.n, *epi)
     else:
         _rows(_compute(), a, ta, lda, packed.k, buf, packed.n, y, _bounds(parts), *epi)
     return True
@@ -269,7 +260,7 @@ def packed_cols(
     ta, lda = _mkl._operand(x2)
     y, a = o2.reshape(-1), x2.ctypes.data
     if len(parts) == 1:
-        _cols_part(_compute(), a, ta, lda, m, k, bufs[0], n, y, 0, n, *epi)
+        _packed_part(_compute(), a, ta, lda, k, bufs[0], n, y, 0, m, 0, n, *epi)
     else:
         _cols(_compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
     return True
