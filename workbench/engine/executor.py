@@ -146,21 +146,33 @@ def _execute_arena(
 ) -> list[Any]:
     """The loop of `MemoryPlan.program()`: kernels that write into `out` get their planned
     views; the fresh results of the others are checked against the planned shapes and
-    copied into theirs. A result of another shape (data-dependent) leaves the rest of this
-    run to `_execute_general`, with fresh allocations, and is noted in `memory.stale`
-    for the session to plan again. A device backend copies with its own `copy_into`."""
+    copied into theirs. A kernel that reads only arena buffers and constants runs as the
+    call its `bind` made on the first arena run (`MemoryPlan.calls`): its checks, views and
+    pointers are worked out once, not per run. A result of another shape (data-dependent)
+    leaves the rest of this run to `_execute_general`, with fresh allocations, and is noted
+    in `memory.stale` for the session to plan again. A device backend copies with its own
+    `copy_into`."""
     clock, sync = time.perf_counter, plan.backend.synchronize
     copyto = getattr(plan.backend, "copy_into", np.copyto)
+    token = getattr(plan.backend, "binding_token", None)
+    calls = memory.calls(token() if token is not None else None)
     if times is not None:
         times.append(clock())
     for i, (step, ins, outs, out, into, expect, free) in enumerate(memory.program()):
-        args = [env[j] for j in ins]
+        call = calls[i]
         try:
-            res = step.run(*args) if out is None else step.run(*args, out=out)
+            if call:
+                res = call()
+            elif call is None:  # bindable, not bound yet: bound now, to this run's arrays
+                call = calls[i] = step.run.bind(*[env[j] for j in ins], out=out) or False
+                res = call() if call else step.run(*[env[j] for j in ins], out=out)
+            else:
+                args = [env[j] for j in ins]
+                res = step.run(*args) if out is None else step.run(*args, out=out)
         except WorkbenchError:
             raise
         except Exception as e:
-            raise _failure(step, args, e) from e
+            raise _failure(step, [env[j] for j in ins], e) from e
         if times is not None:
             sync()
             times.append(clock())

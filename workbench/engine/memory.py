@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import SINK_SLOT, Plan, Step
+from .plan import NONE_SLOT, SINK_SLOT, Plan, Step
 
 ALIGN = 64  # offsets and sizes round up to a cache line (and one AVX-512 vector)
 
@@ -202,6 +202,9 @@ class MemoryPlan:
     stale: set[int] = field(default_factory=set)  # shapes a run saw break the plan
     arena: Any = None  # the arena (host or device array), once `program()` has allocated it
     _program: list[tuple] | None = field(default=None, repr=False)
+    _bindable: list[bool] = field(default_factory=list, repr=False)
+    _calls: list[Any] | None = field(default=None, repr=False)
+    _calls_token: Any = field(default=None, repr=False)
 
     @property
     def ratio(self) -> float:
@@ -277,14 +280,26 @@ class MemoryPlan:
                 piece = self.arena[v.offset : v.offset + v.nbytes]
                 views[v.slot] = piece.view(v.dtype).reshape(v.shape)
         placed = {v.slot for v in self.values if v.offset is not None}
+        # slots that hold the same memory on every run of this plan: arena buffers (not
+        # views, which their kernels make afresh) and constants; a kernel reading only
+        # these and writing into `out` can be bound to them once (see `calls`)
+        fixed = {v.slot for v in self.values if v.offset is not None and v.kind != "view"}
+        fixed |= {s for s, c in enumerate(self.plan.template) if c is not None}
+        fixed.add(NONE_SLOT)
         types, varying = self.recorded.types, self.varying
-        program = []
+        program, self._bindable = [], []
         for step in self.plan.steps:
             into = tuple(views.get(s) for s in step.outputs)
             free = tuple(s for s in step.free if s not in placed)
             if step.writes_out and any(t is not None for t in into):
                 program.append((step, step.inputs, step.outputs, into, None, None, free))
+                self._bindable.append(
+                    hasattr(step.run, "bind")
+                    and all(t is not None for t in into)
+                    and all(s in fixed for s in step.inputs)
+                )
                 continue
+            self._bindable.append(False)
             expect = tuple(
                 None if s == SINK_SLOT or s in varying or types.get(s) is None else types[s][0]
                 for s in step.outputs
@@ -295,6 +310,17 @@ class MemoryPlan:
                 program.append((step, step.inputs, step.outputs, None, into, expect, free))
         self._program = program
         return program
+
+    def calls(self, token: Any = None) -> list[Any]:
+        """Per step of `program()`: the kernel's call bound to this arena (`run.bind`, see
+        backends/base.py), None where none was tried yet, False where the step runs unbound.
+        A new `token` (the backend's `binding_token()`: its thread count, say) drops the
+        bindings made under the old one."""
+        if self._calls is None or token != self._calls_token:
+            self.program()
+            self._calls = [None if b else False for b in self._bindable]
+            self._calls_token = token
+        return self._calls
 
     def replan(self) -> MemoryPlan:
         """A new plan for this signature in which the values a run saw change shape (and

@@ -33,6 +33,18 @@ the two helpers such kernels use:
     def run(x, out=None):
         return (np.maximum(x, 0, out=dest(out)),)
     run.writes_out, run.inplace = True, (0,)
+
+Binding (opt in, for kernels called many times on the same buffers): a writes_out kernel
+may also have `run.bind(*inputs, out=out)`, which returns a callable of no arguments that
+does exactly what `run(*inputs, out=out)` would and returns its outputs, or None. The
+executor binds a step once per arena, on its first arena run, when every input and output
+is memory that stays put from run to run (arena buffers and constants, see
+`MemoryPlan.calls`), and then calls the bound callable on every run: the checks, views,
+pointers and parts a call works out are worked out once. So a bound call must read its
+inputs' values when called, never at bind time, and must return None where its result
+would not land in the given buffers (a copy made of an input, a fresh output).
+`binding_token()` on a backend names what bound calls depend on beyond their arrays
+(the x86 thread count); a new token drops them.
 """
 
 from __future__ import annotations
@@ -55,6 +67,17 @@ OPSET_MAX = 1 << 30
 def dest(out: Sequence[Any] | None, i: int = 0) -> Any:
     """The array output `i` is to be written into, or None when the kernel allocates it."""
     return None if out is None else out[i]
+
+
+def returning(call: Callable[[], object], result: tuple) -> Callable[[], tuple]:
+    """A bound call (see the module docstring) that runs `call` and returns `result`, the
+    outputs it writes into."""
+
+    def bound() -> tuple:
+        call()
+        return result
+
+    return bound
 
 
 def deliver(into: np.ndarray | None, value: Any) -> Any:

@@ -64,6 +64,11 @@ class ArmBackend(Backend):
 
         self.kernels = kernels  # the x86 kernels, registered under `arm` by this table
 
+    def binding_token(self) -> tuple:
+        from ..x86._parallel import binding_token
+
+        return binding_token()
+
     def availability(self) -> Availability:
         if in_worker():
             emulated = os.environ.get("WORKBENCH_ARM_EMULATED") == "1"

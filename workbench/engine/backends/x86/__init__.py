@@ -46,6 +46,11 @@ class X86Backend(Backend):
             listeners.append(lambda choice: setattr(kernel, "algorithm", run.algorithm))
         return kernel
 
+    def binding_token(self) -> tuple:
+        from ._parallel import binding_token
+
+        return binding_token()
+
     def availability(self) -> Availability:
         machine = platform.machine().lower()
         if machine in ("x86_64", "amd64", "i686", "x86"):

@@ -27,6 +27,8 @@ import ctypes
 import os
 import platform
 import threading
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from numba import prange
@@ -223,20 +225,33 @@ def _bounds(parts: list[tuple[int, int]]) -> np.ndarray:
 def packed_rows(packed: _mkl.PackedB, x2: np.ndarray, o2: np.ndarray, post, grain: int) -> bool:
     """o2 = x2 @ B and `post` on o2, x2's rows split over numba's threads; False (nothing
     done) where this path does not apply and the caller's pool must do it."""
+    call = packed_rows_call(packed, x2, o2, post, grain)
+    if call is None:
+        return False
+    call()
+    return True
+
+
+def packed_rows_call(
+    packed: _mkl.PackedB, x2: np.ndarray, o2: np.ndarray, post, grain: int
+) -> Callable[[], object] | None:
+    """`packed_rows` as a call of no arguments, its pointers and parts worked out now (the
+    executor binds it once per arena); None where this path does not apply."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
-        return False
+        return None
     m = x2.shape[0]
     if m == 0:
-        return True
+        return _nothing
     ta, lda = _mkl._operand(x2)
     y, buf, a = o2.reshape(-1), packed.buf.ctypes.data, x2.ctypes.data
     parts = _parallel.split(m, grain)
     if len(parts) == 1:
-        _packed_part(_compute(), a, ta, lda, packed.k, buf, packed.n, y, 0, m, 0, packed.n, *epi)
-    else:
-        _rows(_compute(), a, ta, lda, packed.k, buf, packed.n, y, _bounds(parts), *epi)
-    return True
+        return partial(
+            _packed_part, _compute(), a, ta, lda, packed.k, buf, packed.n, y, 0, m, 0, packed.n,
+            *epi,
+        )  # fmt: skip
+    return partial(_rows, _compute(), a, ta, lda, packed.k, buf, packed.n, y, _bounds(parts), *epi)
 
 
 def packed_cols(
@@ -244,12 +259,23 @@ def packed_cols(
 ) -> bool:
     """o2 = x2 @ bm and `post` on o2, bm's columns split over numba's threads, each range
     packed once into `packs` ((lo, hi) -> PackedB); False where the pool must do it."""
+    call = packed_cols_call(packs, bm, x2, o2, post, grain)
+    if call is None:
+        return False
+    call()
+    return True
+
+
+def packed_cols_call(
+    packs: dict, bm: np.ndarray, x2: np.ndarray, o2: np.ndarray, post, grain: int
+) -> Callable[[], object] | None:
+    """`packed_cols` as a call of no arguments (see `packed_rows_call`)."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
-        return False
+        return None
     m, (k, n) = x2.shape[0], bm.shape
     if m == 0:
-        return True
+        return _nothing
     parts = _parallel.split(n, grain, align=16)
     bufs = np.empty(len(parts), np.uint64)
     for i, (lo, hi) in enumerate(parts):
@@ -259,11 +285,14 @@ def packed_cols(
         bufs[i] = packed.buf.ctypes.data
     ta, lda = _mkl._operand(x2)
     y, a = o2.reshape(-1), x2.ctypes.data
+    # (the packed ranges stay alive in `packs`, which the product keeps as long as the call)
     if len(parts) == 1:
-        _packed_part(_compute(), a, ta, lda, k, bufs[0], n, y, 0, m, 0, n, *epi)
-    else:
-        _cols(_compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
-    return True
+        return partial(_packed_part, _compute(), a, ta, lda, k, bufs[0], n, y, 0, m, 0, n, *epi)
+    return partial(_cols, _compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
+
+
+def _nothing() -> None:
+    pass
 
 
 # fmt: off
@@ -288,18 +317,24 @@ def depthwise(args: tuple, rows: int, grain: int, tail: tuple) -> None:
     """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` then, when tail[-1] (finish), the
     epilogue (tail: z, zero, act, p0, p1, finish) over output rows split like the pool's
     parts, on numba's threads when `available()` (else on the pool)."""
+    depthwise_call(args, rows, grain, tail)()
+
+
+def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[[], object]:
+    """`depthwise` as a call of no arguments, its parts worked out now."""
     parts = _parallel.split(rows, grain)
     if len(parts) > 1 and available():
-        _depthwise(*args[:15], _bounds(parts), *args[15:], *tail)
-        return
+        return partial(_depthwise, *args[:15], _bounds(parts), *args[15:], *tail)
 
     def part(lo: int, hi: int) -> None:
         _depthwise_part(*args[:15], lo, hi, *args[15:], *tail)
 
     if len(parts) == 1:
-        part(*parts[0])
-    else:
-        _parallel.parallel(lambda i: part(*parts[i]), len(parts))
+        return partial(part, *parts[0])
+    return partial(_parallel.parallel, lambda i: part(*parts[i]), len(parts))
 
 
-__all__ = ["available", "conv_gemm", "depthwise", "packed_cols", "packed_rows", "why"]
+__all__ = [
+    "available", "conv_gemm", "depthwise", "depthwise_call", "packed_cols", "packed_cols_call",
+    "packed_rows", "packed_rows_call", "why",
+]  # fmt: skip

@@ -142,6 +142,12 @@ def always_split() -> Iterator[None]:
         _always[0] = old
 
 
+def binding_token() -> tuple[int, bool]:
+    """What a kernel call bound once (backends/base.py) took from here: its parts follow the
+    thread count and `always_split`."""
+    return threads(), _always[0]
+
+
 def split(total: int, grain: int, align: int = 1) -> list[tuple[int, int]]:
     """Ranges of range(total) for the pool: one per thread, none smaller than `grain`."""
     if _always[0]:
@@ -163,4 +169,4 @@ def for_ranges(fn: Callable[[int, int], object], total: int, grain: int, align: 
     parallel(lambda i: fn(*parts[i]), len(parts))
 
 
-__all__ = ["always_split", "for_ranges", "parallel", "ranges", "split", "threads"]
+__all__ = ["always_split", "binding_token", "for_ranges", "parallel", "ranges", "split", "threads"]

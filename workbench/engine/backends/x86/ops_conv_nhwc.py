@@ -20,11 +20,13 @@ Grouped convolutions other than depthwise are declined: the pass never emits the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..base import dest
+from ..base import dest, returning
 from . import _native, _parallel, depthwise_nhwc
 from ._numba import all_f32, const_input, njit, scratch, u64
 from ._table import kernels
@@ -94,12 +96,22 @@ def _output(out, shape: tuple[int, ...]) -> np.ndarray:
     return np.empty(shape, np.float32)
 
 
+def in_place(y: np.ndarray, out, *pairs: tuple[np.ndarray, np.ndarray | None]) -> bool:
+    """Whether a call prepared on y and `pairs` (what it reads, the input it was made from)
+    can be bound (backends/base.py): y is the given output buffer, not a fresh one, and
+    each input is read in its own memory, not from a copy made now."""
+    o = dest(out)
+    if o is None or not np.shares_memory(y, o):
+        return False
+    return all(given is None or np.shares_memory(made, given) for made, given in pairs)
+
+
 def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -> KernelFn:
     m, c = w.shape[:2]
     # (C, M) as a view of the weight (BLAS and MKL take it transposed): no second copy
     bm = np.asarray(w, dtype=np.float32).reshape(m, c).T
 
-    def run(x, w_, b=None, z=None, out=None):
+    def operands(x, b, z, out) -> tuple:
         if not all_f32(x) or x.shape[-1] != c:
             raise ValueError(f"FusedConvNHWC: input {list(x.shape)} is not float32 [N, H, W, {c}]")
         shape = (*x.shape[:-1], m)
@@ -107,9 +119,20 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         bv = bias if bias is not None else _vector(b, m, "FusedConvNHWC B")
         post = Epilogue(bv, _full(z, shape, "FusedConvNHWC residual Z"), act)
+        return y, x2, post
+
+    def run(x, w_, b=None, z=None, out=None):
+        y, x2, post = operands(x, b, z, out)
         product(x2, y.reshape(-1, m), post)
         return (y,)
 
+    def bind(x, w_, b=None, z=None, out=None):
+        y, x2, post = operands(x, b, z, out)
+        if (bias is None and b is not None) or not in_place(y, out, (x2, x), (post.z, z)):
+            return None  # (a bias given at run time is copied per call)
+        return returning(product.bind(x2, y.reshape(-1, m), post), (y,))
+
+    run.bind = bind
     run.listeners, run.candidates, run.suffix = [], {}, "_nhwc"
     run.algorithm = "gemm_nhwc"
     product = _TunedProduct("MatMul", bm, run)
@@ -161,7 +184,9 @@ def _im2col(
     bm = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * c, m), np.float32)
     geoms: dict[tuple, _ConvGeom] = {}
 
-    def run(x, w_, b=None, z=None, out=None):
+    def steps(x, b, z, out, bound: bool) -> tuple:
+        """(y, x and z as the kernels read them, the calls of no arguments that compute y:
+        per image its windows, then its product, `bound` to these arrays or not)."""
         g = _geometry(x, c, w.shape, attrs, 1, geoms)
         n = x.shape[0]
         shape, p = (n, g.oh, g.ow, m), g.oh * g.ow
@@ -169,9 +194,15 @@ def _im2col(
         xf = np.ascontiguousarray(x).reshape(n, -1)
         bv = bias if bias is not None else _vector(b, m, "FusedConvNHWC B")
         zz = _full(z, shape, "FusedConvNHWC residual Z")
-        col = scratch((p, kh * kw * c), "FusedConvNHWC windows")
+        # a bound call gets a buffer of its own: this thread's scratch may be in use by
+        # another session's kernel when the bound call runs on another thread
+        if bound:
+            col = np.empty((p, kh * kw * c), np.float32)
+        else:
+            col = scratch((p, kh * kw * c), "FusedConvNHWC windows")
         colf = col.reshape(-1)
         grain = max(1, (1 << 15) // max(1, g.ow * kh * kw * c))
+        todo: list[Callable[[], object]] = []
         for i in range(n):
 
             def rows(lo: int, hi: int, i: int = i) -> None:
@@ -181,10 +212,24 @@ def _im2col(
                 )  # fmt: skip
 
             z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
-            _parallel.for_ranges(rows, g.oh, grain)
-            product(col, y[i].reshape(p, m), Epilogue(bv, z_i, act))
+            args = (col, y[i].reshape(p, m), Epilogue(bv, z_i, act))
+            todo.append(partial(_parallel.for_ranges, rows, g.oh, grain))
+            todo.append(product.bind(*args) if bound else partial(product, *args))
+        return y, xf, zz, todo
+
+    def run(x, w_, b=None, z=None, out=None):
+        y, _, _, todo = steps(x, b, z, out, False)
+        for call in todo:
+            call()
         return (y,)
 
+    def bind(x, w_, b=None, z=None, out=None):
+        y, xf, zz, todo = steps(x, b, z, out, True)
+        if (bias is None and b is not None) or not in_place(y, out, (xf, x), (zz, z)):
+            return None
+        return returning(_each(todo), (y,))
+
+    run.bind = bind
     run.listeners, run.candidates, run.suffix = [], {}, "_im2col_nhwc"
     run.algorithm = "gemm_im2col_nhwc"
     product = _TunedProduct("MatMul", bm, run)
@@ -210,7 +255,8 @@ def _depthwise(
             made[sw] = depthwise_nhwc.runs(wt, bv, sw)
         return made[sw]
 
-    def run(x, w_, b=None, z=None, out=None):
+    def calls(x, b, z, out) -> tuple:
+        """(y, x and z as the kernels read them, one call of no arguments per image)."""
         g = _geometry(x, c, w.shape, attrs, group, geoms)
         n, h, wd = x.shape[:3]
         shape = (n, g.oh, g.ow, c)
@@ -223,14 +269,35 @@ def _depthwise(
         finish = act[0] != 0 or zn is not None
         repeated = runs_for(g.sw, bv)
         grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
+        per_image = []
         for i in range(n):
             args = (
                 xf[i], wt, bv, h, wd, c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow,
                 yf[i], *repeated,
             )  # fmt: skip
             z_i = _EMPTY if zn is None else zn[i]
-            _native.depthwise(args, g.oh, grain, (z_i, zero, *act, finish))
+            per_image.append(_native.depthwise_call(args, g.oh, grain, (z_i, zero, *act, finish)))
+        return y, xf, zz, per_image
+
+    def run(x, w_, b=None, z=None, out=None):
+        y, _, _, per_image = calls(x, b, z, out)
+        for call in per_image:
+            call()
         return (y,)
 
-    run.algorithm = "depthwise_nhwc"
+    def bind(x, w_, b=None, z=None, out=None):
+        y, xf, zz, per_image = calls(x, b, z, out)
+        if (bias is None and b is not None) or not in_place(y, out, (xf, x), (zz, z)):
+            return None
+        return returning(per_image[0] if len(per_image) == 1 else _each(per_image), (y,))
+
+    run.algorithm, run.bind = "depthwise_nhwc", bind
     return run
+
+
+def _each(calls: list) -> Callable[[], None]:
+    def each() -> None:
+        for call in calls:
+            call()
+
+    return each

@@ -574,8 +574,19 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
         epilogue_rows(y.reshape(-1), bv, _EMPTY, y.size // max(1, cols), cols, *act)
         return (_finish(y, res, out),)
 
+    def bind(a, b, bias_in=None, out=None):
+        if not (hasattr(matmul, "bind") and a.ndim >= 2 and all_f32(a, b)):
+            return None
+        given = bias if bias is not None else bias_in
+        post = Epilogue(_bias_vector(given, b.shape[-1]), _EMPTY, act)
+        if given is bias_in and given is not None and post.bias is not given:
+            return None  # (a bias given at run time, copied per call)
+        return matmul.bind(a, b, out=out, post=post)
+
     run.algorithm = f"{getattr(matmul, 'algorithm', 'default')}+epilogue"
     run.writes_out = getattr(matmul, "writes_out", False)
+    if getattr(matmul, "takes_post", False):
+        run.bind = bind
     _relay(matmul, run)
     return run
 

@@ -24,11 +24,12 @@ backends/base.py); inputs of another dtype compute fresh and are copied there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..base import deliver, dest
+from ..base import deliver, dest, returning
 from . import _mkl, _parallel, autotune
 from ._numba import const_input, declines_dtype
 from ._table import kernels
@@ -135,10 +136,18 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
                 return (o,)
             return (deliver(dest(out), y.reshape(*x.shape[:-1], n).astype(x.dtype, copy=False)),)
 
+        def bind(x, b, out=None, post=None):
+            o = _same_dtype(dest(out), x, bm)
+            if tuned is None or o is None or x.dtype != np.float32 or x.ndim < 2:
+                return None
+            if x.shape[-1] != k or not (x.flags.c_contiguous and o.flags.c_contiguous):
+                return None  # (a copy of x, or an error the unbound call reports)
+            return returning(tuned.bind(x.reshape(-1, k), o.reshape(-1, n), post), (o,))
+
         run_flat.algorithm, run_flat.writes_out = "gemm_flat", True
         tuned = None
         if _tunable(bm):
-            run_flat.takes_post = True
+            run_flat.takes_post, run_flat.bind = True, bind
             run_flat.listeners, run_flat.candidates, run_flat.suffix = [], {}, "_flat"
             tuned = _TunedProduct("MatMul", bm, run_flat)
             rows = _static_rows(node)
@@ -202,7 +211,9 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
         product: Callable, held: Callable[[], int] = lambda: 0, native: Callable | None = None
     ) -> Callable:
         def fn(x2, o2, post=None):
-            if native is not None and native(x2, o2, post):
+            call = None if native is None else native(x2, o2, post)
+            if call is not None:
+                call()
                 return
 
             def part(lo: int, hi: int) -> None:
@@ -213,13 +224,16 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
             _parallel.for_ranges(part, len(x2), grain(2.0 * k * n))
 
         fn.held = held  # bytes of its own (autotune weighs them)
+        fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
         return fn
 
     def by_cols(
         product: Callable, held: Callable[[], int] = lambda: 0, native: Callable | None = None
     ) -> Callable:
         def fn(x2, o2, post=None):
-            if native is not None and native(x2, o2, post):
+            call = None if native is None else native(x2, o2, post)
+            if call is not None:
+                call()
                 return
 
             def part(lo: int, hi: int) -> None:
@@ -230,6 +244,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
             _parallel.for_ranges(part, n, grain(2.0 * k * len(x2)), align=16)
 
         fn.held = held
+        fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
         return fn
 
     def plain():
@@ -263,7 +278,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
             packed = _mkl.PackedB(bm)
 
             def native(x2, o2, post):  # the parts on numba's threads, where they can run
-                return _native.packed_rows(packed, x2, o2, post, grain(2.0 * k * n))
+                return _native.packed_rows_call(packed, x2, o2, post, grain(2.0 * k * n))
 
             return by_rows(packed.product, packed.resident, native)
 
@@ -277,7 +292,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
                 packed.product(x2, o2[:, lo:hi])
 
             def native(x2, o2, post):
-                return _native.packed_cols(packs, bm, x2, o2, post, grain(2.0 * k * len(x2)))
+                return _native.packed_cols_call(packs, bm, x2, o2, post, grain(2.0 * k * len(x2)))
 
             # (each range packed on its own is padded on its own: see autotune.MEMORY_SLACK)
             held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
@@ -288,6 +303,15 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
             "mkl_packed_cols": mkl_packed_cols,
         }
     return builders
+
+
+def _bound(
+    native: Callable | None, fn: Callable, x2: np.ndarray, o2: np.ndarray, post: Post | None
+) -> Callable[[], object]:
+    """`fn(x2, o2, post)` as a call of no arguments: the native parts' call with its pointers
+    and parts worked out now where that path applies, else fn itself on these arrays."""
+    call = None if native is None else native(x2, o2, post)
+    return call if call is not None else partial(fn, x2, o2, post)
 
 
 class _TunedProduct:
@@ -303,6 +327,14 @@ class _TunedProduct:
             fn = self.select(x2.shape[0])
         fn(x2, o2, post)
         return o2
+
+    def bind(self, x2: np.ndarray, o2: np.ndarray, post: Post | None = None) -> Callable:
+        """`self(x2, o2, post)` as a call of no arguments, bound to these arrays (see
+        backends/base.py): the selected algorithm's own binding."""
+        fn = self.fns.get(x2.shape[0])
+        if fn is None:
+            fn = self.select(x2.shape[0])
+        return fn.bind(x2, o2, post)
 
     def select(self, rows: int) -> Callable:
         k, n = self.bm.shape
