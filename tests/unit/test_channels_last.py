@@ -26,7 +26,7 @@ def _w(*shape: int) -> np.ndarray:
 def _block(c: int = 16, e: int = 24, hw: int = 9, extra_output: bool = False) -> wb.Model:
     """An inverted residual like MobileNetV2's (1x1 expand, Clip; depthwise 3x3, Clip; 1x1
     project; + the block's input), a stride-2 depthwise and a 1x1 after it, between a 3x3
-    stem conv and a GlobalAveragePool (which stays NCHW)."""
+    stem conv and a GlobalAveragePool (done channels-last: a mean over H and W)."""
     nodes = [
         helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["s"], name="stem", pads=[1] * 4),
         helper.make_node("Conv", ["s", "exp_w", "exp_b"], ["e"], name="expand"),
@@ -76,10 +76,23 @@ def test_the_chain_moves_to_nhwc_with_one_transpose_in_and_one_out():
     assert ops.count("Transpose") == 2
     (t_in,) = [n for n in result.after.graph if n.name == "x/to_nhwc"]
     assert t_in.attrs["perm"] == [0, 2, 3, 1]
-    # the last conv's output leaves under its own name, for the pool
+    # the pool is a mean over H and W of the last conv's channels-last output, its
+    # [1, 1, 1, C] turned to the pool's [1, C, 1, 1] under the pool's output name
+    (mean,) = [n for n in result.after.graph if n.op_type == "ReduceMean"]
+    assert mean.inputs[0].name == "q/nhwc" and mean.attrs["axes"] == [1, 2]
+    assert result.origin(mean.name) == ("pool",)
     (t_out,) = [n for n in result.after.graph if n.op_type == "Transpose" and n is not t_in]
-    assert t_out.attrs["perm"] == [0, 3, 1, 2] and t_out.outputs[0].name == "q"
-    assert result.counts_by_rule()["channels_last"] == 6
+    assert t_out.attrs["perm"] == [0, 3, 1, 2] and t_out.outputs[0].name == "y"
+    assert t_out.inputs[0] is mean.outputs[0] and "GlobalAveragePool" not in ops
+    assert result.counts_by_rule()["channels_last"] == 7
+    _check(model, result)
+
+
+def test_the_pool_channels_last_at_opset_18_takes_its_axes_as_an_input():
+    model = wb.load(onnx.version_converter.convert_version(wb.to_onnx(_block()), 18))
+    result = optimize(model, level=3, backend="x86", strict=True)
+    (mean,) = [n for n in result.after.graph if n.op_type == "ReduceMean"]
+    assert "axes" not in mean.attrs and list(mean.inputs[1].const) == [1, 2]
     _check(model, result)
 
 
