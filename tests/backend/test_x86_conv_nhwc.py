@@ -126,7 +126,9 @@ def test_grouped_convolutions_are_declined_and_reference_runs_them():
 
 
 @pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [0, 1, 3, 2]])
-def test_layout_transposes_match_numpy(perm):
-    x = f32(2, 37, 5, 7)
+@pytest.mark.parametrize("channels", [37, 1, 2, 3, 4, 5])
+def test_layout_transposes_match_numpy(perm, channels):
+    """Few channels (an image input) take the pixel-split loop when going channels-last."""
+    x = f32(2, channels, 5, 7)
     (y,) = run_node("x86", "Transpose", [x], {"perm": perm})
     assert np.array_equal(y, np.transpose(x, perm))
