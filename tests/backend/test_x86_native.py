@@ -91,13 +91,16 @@ def test_the_compiled_path_is_the_one_taken(two_threads):
     a, b = f32(70, 9), f32(9, 40)
     packed = _mkl.PackedB(b)
     got = np.empty((70, 40), np.float32)
-    assert _native.packed_rows(packed, a, got, None, grain=1)
+    call = _native.packed_rows_call(packed, a, got, None, grain=1)
+    assert call is not None
+    call()
     np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
     # a Python callable as the epilogue, or an output it cannot address, is the pool's
-    assert not _native.packed_rows(packed, a, got, lambda *args: None, grain=1)
-    assert not _native.packed_rows(packed, a, np.empty((40, 70), np.float32).T, None, grain=1)
+    assert _native.packed_rows_call(packed, a, got, lambda *args: None, grain=1) is None
+    transposed = np.empty((40, 70), np.float32).T
+    assert _native.packed_rows_call(packed, a, transposed, None, grain=1) is None
     with pool_only():
-        assert not _native.packed_rows(packed, a, got, None, grain=1)
+        assert _native.packed_rows_call(packed, a, got, None, grain=1) is None
 
 
 @pytest.mark.parametrize(("m", "k", "p"), [(5, 3, 300), (64, 27, 257), (13, 40, 30), (3, 1, 7)])
@@ -145,7 +148,7 @@ def test_depthwise_matches_the_pool_and_numpy(two_threads, stride):
             y, *depthwise_nhwc.runs(wt.reshape(9, c), bias, stride),
         )  # fmt: skip
         with contextlib.nullcontext() if native else pool_only():
-            _native.depthwise(args, oh, 1, (z, zero, *act_tuple("clip"), True))
+            _native.depthwise_call(args, oh, 1, (z, zero, *act_tuple("clip"), True))()
         outs.append(y)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[0].reshape(oh, ow, c), want, rtol=1e-4, atol=1e-4)

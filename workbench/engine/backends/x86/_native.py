@@ -222,21 +222,12 @@ def _bounds(parts: list[tuple[int, int]]) -> np.ndarray:
     return np.array([lo for lo, _ in parts] + [parts[-1][1]], np.int64)
 
 
-def packed_rows(packed: _mkl.PackedB, x2: np.ndarray, o2: np.ndarray, post, grain: int) -> bool:
-    """o2 = x2 @ B and `post` on o2, x2's rows split over numba's threads; False (nothing
-    done) where this path does not apply and the caller's pool must do it."""
-    call = packed_rows_call(packed, x2, o2, post, grain)
-    if call is None:
-        return False
-    call()
-    return True
-
-
 def packed_rows_call(
     packed: _mkl.PackedB, x2: np.ndarray, o2: np.ndarray, post, grain: int
 ) -> Callable[[], object] | None:
-    """`packed_rows` as a call of no arguments, its pointers and parts worked out now (the
-    executor binds it once per arena); None where this path does not apply."""
+    """o2 = x2 @ B and `post` on o2, x2's rows split over numba's threads, as a call of no
+    arguments with its pointers and parts worked out now (the executor binds it once per
+    arena); None where this path does not apply and the caller's pool must do it."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
         return None
@@ -254,22 +245,12 @@ def packed_rows_call(
     return partial(_rows, _compute(), a, ta, lda, packed.k, buf, packed.n, y, _bounds(parts), *epi)
 
 
-def packed_cols(
-    packs: dict, bm: np.ndarray, x2: np.ndarray, o2: np.ndarray, post, grain: int
-) -> bool:
-    """o2 = x2 @ bm and `post` on o2, bm's columns split over numba's threads, each range
-    packed once into `packs` ((lo, hi) -> PackedB); False where the pool must do it."""
-    call = packed_cols_call(packs, bm, x2, o2, post, grain)
-    if call is None:
-        return False
-    call()
-    return True
-
-
 def packed_cols_call(
     packs: dict, bm: np.ndarray, x2: np.ndarray, o2: np.ndarray, post, grain: int
 ) -> Callable[[], object] | None:
-    """`packed_cols` as a call of no arguments (see `packed_rows_call`)."""
+    """o2 = x2 @ bm and `post` on o2, bm's columns split over numba's threads, each range
+    packed once into `packs` ((lo, hi) -> PackedB), as a call of no arguments (see
+    `packed_rows_call`); None where the pool must do it."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
         return None
@@ -313,15 +294,11 @@ def _depthwise(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, y,
 # fmt: on
 
 
-def depthwise(args: tuple, rows: int, grain: int, tail: tuple) -> None:
+def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[[], object]:
     """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` then, when tail[-1] (finish), the
     epilogue (tail: z, zero, act, p0, p1, finish) over output rows split like the pool's
-    parts, on numba's threads when `available()` (else on the pool)."""
-    depthwise_call(args, rows, grain, tail)()
-
-
-def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[[], object]:
-    """`depthwise` as a call of no arguments, its parts worked out now."""
+    parts, on numba's threads when `available()` (else on the pool), as a call of no
+    arguments with its parts worked out now."""
     parts = _parallel.split(rows, grain)
     if len(parts) > 1 and available():
         return partial(_depthwise, *args[:15], _bounds(parts), *args[15:], *tail)
@@ -335,6 +312,5 @@ def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[
 
 
 __all__ = [
-    "available", "conv_gemm", "depthwise", "depthwise_call", "packed_cols", "packed_cols_call",
-    "packed_rows", "packed_rows_call", "why",
+    "available", "conv_gemm", "depthwise_call", "packed_cols_call", "packed_rows_call", "why",
 ]  # fmt: skip
