@@ -163,12 +163,14 @@ def _execute_arena(
         try:
             if call:
                 res = call()
-            elif call is None:  # bindable, not bound yet: bound now, to this run's arrays
-                call = calls[i] = step.run.bind(*[env[j] for j in ins], out=out) or False
-                res = call() if call else step.run(*[env[j] for j in ins], out=out)
             else:
                 args = [env[j] for j in ins]
-                res = step.run(*args) if out is None else step.run(*args, out=out)
+                if call is None:  # bindable, not bound yet: bound now, to this run's arrays
+                    call = calls[i] = step.run.bind(*args, out=out) or False
+                if call:
+                    res = call()
+                else:
+                    res = step.run(*args) if out is None else step.run(*args, out=out)
         except WorkbenchError:
             raise
         except Exception as e:

@@ -575,7 +575,7 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
         return (_finish(y, res, out),)
 
     def bind(a, b, bias_in=None, out=None):
-        if not (hasattr(matmul, "bind") and a.ndim >= 2 and all_f32(a, b)):
+        if a.ndim < 2 or not all_f32(a, b):
             return None
         given = bias if bias is not None else bias_in
         post = Epilogue(_bias_vector(given, b.shape[-1]), _EMPTY, act)

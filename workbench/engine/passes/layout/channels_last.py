@@ -20,8 +20,8 @@ what it saw before. A GlobalAveragePool of a region's output is done channels-la
 instead (a ReduceMean over H and W, then its C values turned to [N, C, 1, 1] under the
 pool's output name), so the whole output is never transposed back for it. A region
 needs two convolutions and a depthwise one: the others gain nothing from the layout,
-and a lone conv would pay two transposes for one. A FusedConv
-whose residual broadcasts stays out (its dims are not the output's to permute).
+and a lone conv would pay two transposes for one. A FusedConv whose residual broadcasts
+stays out (its dims are not the output's to permute).
 
 Runs for backends whose `prefers_channels_last` is set (x86), and only where the backend
 has the kernel for the op on the value's dtype.
@@ -30,6 +30,7 @@ has the kernel for the op on the value's dtype.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...ir import Graph, Node, Value
 from ..fused_ops import define_op
@@ -222,17 +223,23 @@ def _rewrite(graph: Graph, chosen: list[Node], pass_name: str, opset: int) -> li
             changes.append(_pool_channels_last(graph, pool, y_nhwc, pass_name, opset))
         outside = y in graph.outputs or any(id(u) not in inside for u, _ in y.uses)
         if outside:  # read outside the region: back to NCHW, under its own name
-            back = Value(y.name, y.elem_type, y.shape, type_proto=y.type_proto)
-            back.meta = dict(y.meta)
-            t = _transpose(y_nhwc, TO_NCHW, back, f"{y.name}/to_nchw")
-            graph.insert_after(new, t)
-            added.append(t.name)
-            graph.replace_all_uses_with(y, back)
+            added.append(_back_to_nchw(graph, y_nhwc, y, new).name)
         graph.remove(old, safe=False)
         changes.append(
             Change(pass_name, RULE, "rewritten", (old.name,), tuple(added), origin_of([old]))
         )
     return changes
+
+
+def _back_to_nchw(graph: Graph, src: Value, y: Value, after: Node) -> Node:
+    """A transpose of channels-last `src` to NCHW, inserted after `after`, whose output
+    takes y's name and place: every reader of y (and the graph's outputs) reads it."""
+    back = Value(y.name, y.elem_type, y.shape, type_proto=y.type_proto)
+    back.meta = dict(y.meta)
+    t = _transpose(src, TO_NCHW, back, f"{y.name}/to_nchw")
+    graph.insert_after(after, t)
+    graph.replace_all_uses_with(y, back)
+    return t
 
 
 def _global_average_pool(node: Node) -> bool:
@@ -253,7 +260,8 @@ def _pool_channels_last(
     mean = Value(f"{y.name}/nhwc", y.elem_type, mean_shape)
     ins, attrs = [x_nhwc], {"keepdims": 1}
     if opset >= 18:  # (axes an input from opset 18 on)
-        axes = Value(f"{y.name}/nhwc_axes", 7, (2,), const=np.array([1, 2], np.int64))
+        int64 = onnx.TensorProto.INT64
+        axes = Value(f"{y.name}/nhwc_axes", int64, (2,), const=np.array([1, 2], np.int64))
         ins.append(graph.add_initializer(axes))
     else:
         attrs["axes"] = [1, 2]
@@ -261,11 +269,7 @@ def _pool_channels_last(
     reduce.meta["origin"] = origin_of([pool])
     reduce.meta["fused_from"] = (pool.name,)
     graph.insert_before(pool, reduce)
-    back = Value(y.name, y.elem_type, y.shape, type_proto=y.type_proto)
-    back.meta = dict(y.meta)
-    t = _transpose(mean, TO_NCHW, back, f"{y.name}/to_nchw")
-    graph.insert_after(reduce, t)
-    graph.replace_all_uses_with(y, back)
+    t = _back_to_nchw(graph, mean, y, reduce)
     graph.remove(pool, safe=False)
     return Change(
         pass_name, RULE, "rewritten", (pool.name,), (reduce.name, t.name), origin_of([pool])
