@@ -13,6 +13,7 @@ from onnx import helper
 
 import workbench as wb
 from workbench import zoo
+from workbench.engine.backends.x86 import X86Backend, _mkl
 from workbench.engine.passes import optimize
 from workbench.testing import assert_close, graph_model, op_names, rejection_reasons
 
@@ -137,12 +138,14 @@ def test_level_2_and_other_backends_keep_nchw():
                 helper.make_node("Conv", ["x", "pw_w"], ["t"]),
                 helper.make_node("Conv", ["t", "pw_w"], ["y"]),
             ],
-            "no depthwise convolution in the chain: the others gain nothing",
+            "no depthwise convolution in the chain, and this backend's channels-last GEMM "
+            "gains nothing over its NCHW one",
         ),
     ],
     ids=["lone", "no-depthwise"],
 )
-def test_refusals_say_why(nodes, reason):
+def test_refusals_say_why(nodes, reason, monkeypatch):
+    monkeypatch.setattr(X86Backend, "channels_last_any_chain", False)  # x86 without MKL
     inits = {"dw_w": _w(8, 1, 3, 3), "pw_w": _w(8, 8, 1, 1)}
     model = graph_model(nodes, [("x", [1, 8, 6, 6])], [("y", [1, 8, 6, 6])], inits)
     result = optimize(model, level=3, backend="x86", strict=True)
@@ -207,3 +210,56 @@ def test_a_residual_that_broadcasts_keeps_its_conv_out():
     ops = op_names(result.after)
     assert "workbench.FusedConv" in ops and "workbench.FusedConvNHWC" not in ops
     _check(model, result)
+
+
+def _bottleneck() -> wb.Model:
+    """A ResNet bottleneck (1x1, 3x3, 1x1 + the block's input, Relu) between a 3x3 stem
+    and a stride-2 3x3 of 12 channels (not a multiple of the vector width): no depthwise
+    conv anywhere."""
+    nodes = [
+        helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["s0"], name="stem", pads=[1] * 4),
+        helper.make_node("Relu", ["s0"], ["s"], name="stem_relu"),
+        helper.make_node("Conv", ["s", "a_w", "a_b"], ["a0"], name="reduce"),
+        helper.make_node("Relu", ["a0"], ["a"], name="reduce_relu"),
+        helper.make_node("Conv", ["a", "b_w", "b_b"], ["b0"], name="conv3x3", pads=[1] * 4),
+        helper.make_node("Relu", ["b0"], ["b"], name="conv3x3_relu"),
+        helper.make_node("Conv", ["b", "c_w", "c_b"], ["c"], name="expand"),
+        helper.make_node("Add", ["c", "s"], ["r0"], name="residual"),
+        helper.make_node("Relu", ["r0"], ["r"], name="residual_relu"),
+        helper.make_node("Conv", ["r", "d_w"], ["y"], name="down", strides=[2, 2], pads=[1] * 4),
+    ]
+    inits = {
+        "stem_w": _w(12, 3, 3, 3), "stem_b": _w(12), "a_w": _w(5, 12, 1, 1), "a_b": _w(5),
+        "b_w": _w(5, 5, 3, 3), "b_b": _w(5), "c_w": _w(12, 5, 1, 1), "c_b": _w(12),
+        "d_w": _w(12, 12, 3, 3),
+    }  # fmt: skip
+    return graph_model(nodes, [("x", [1, 3, 9, 9])], [("y", [1, 12, 5, 5])], inits, opset=17)
+
+
+def test_a_chain_without_depthwise_moves_where_the_backend_gains(monkeypatch):
+    """x86 with MKL: its channels-last GEMM beats the NCHW ones (see X86Backend), so a
+    ResNet-style chain moves whole, with one transpose in and one out."""
+    monkeypatch.setattr(X86Backend, "channels_last_any_chain", True)
+    model = _bottleneck()
+    result = optimize(model, level=3, backend="x86", strict=True)
+    ops = Counter(op_names(result.after))
+    assert ops["workbench.FusedConvNHWC"] == 5 and ops["Transpose"] == 2
+    assert "workbench.FusedConv" not in ops and not rejection_reasons(result, "channels_last")
+    _check(model, result)
+    monkeypatch.setattr(X86Backend, "channels_last_any_chain", False)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    assert "workbench.FusedConvNHWC" not in op_names(result.after)
+
+
+def test_x86_moves_any_chain_exactly_when_mkl_is_there():
+    assert X86Backend().channels_last_any_chain is _mkl.available()
+    model = wb.load(zoo.get("tiny_resnet"))
+    result = optimize(model, level=3, backend="x86", strict=True)
+    moved = "workbench.FusedConvNHWC" in op_names(result.after)
+    assert moved is _mkl.available()
+    sess = wb.Session(model, "x86", level=3)
+    assert not sess.plan.fallbacks
+    feeds = sess.random_feeds(seed=3)
+    want = wb.Session(model, "reference").run(feeds)
+    for name, y in sess.run(feeds).items():
+        assert_close(y, want[name], rtol=1e-4, atol=1e-4)

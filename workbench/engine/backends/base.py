@@ -191,6 +191,8 @@ class Backend:
     description: str = ""
     # opt level 3 moves chains of depthwise and 1x1 convs to NHWC (passes/layout/) for it
     prefers_channels_last: bool = False
+    # ... and chains of any convolutions, depthwise or not (its NHWC GEMMs beat its NCHW ones)
+    channels_last_any_chain: bool = False
 
     def __init__(self) -> None:
         self.kernels = KernelTable()

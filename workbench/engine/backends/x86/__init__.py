@@ -15,6 +15,7 @@ import platform
 
 from ...._threads import current as _current_threads
 from ..base import Availability, Backend, CompileContext, Kernel
+from . import _mkl
 from ._table import kernels
 
 _current_threads()  # BLAS, numba and OpenMP on one thread count before any kernel runs
@@ -31,6 +32,14 @@ class X86Backend(Backend):
     dtypes = frozenset({"float32"})
     description = "fp32 kernels in numpy and numba on the host CPU"
     prefers_channels_last = True  # its depthwise kernel vectorizes along the channels
+
+    @property
+    def channels_last_any_chain(self) -> bool:
+        # With MKL a channels-last conv is (windows, then) one GEMM by the weight packed once
+        # as MKL's B, which beats the NCHW GEMMs and Winograd: ResNet-50 on 2 threads,
+        # same process, 101.6 -> 86.7 ms, ResNet-18 47.2 -> 43.1. Without MKL numpy's GEMM
+        # gains nothing from the layout (ResNet-50 108.7 -> 110.3) and Winograd stays.
+        return _mkl.available()
 
     def __init__(self) -> None:
         super().__init__()

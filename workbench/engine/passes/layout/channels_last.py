@@ -19,8 +19,10 @@ own names, so everything outside the region, and every comparison by value name,
 what it saw before. A GlobalAveragePool of a region's output is done channels-last
 instead (a ReduceMean over H and W, then its C values turned to [N, C, 1, 1] under the
 pool's output name), so the whole output is never transposed back for it. A region
-needs two convolutions and a depthwise one: the others gain nothing from the layout,
-and a lone conv would pay two transposes for one. A FusedConv whose residual broadcasts
+needs two convolutions, and a depthwise one unless the backend's
+`channels_last_any_chain` is set (x86 with MKL: its channels-last GEMM, by a weight
+packed once, beats its NCHW ones, so ResNets move too); a lone conv would pay two
+transposes for one. A FusedConv whose residual broadcasts
 stays out (its dims are not the output's to permute).
 
 Runs for backends whose `prefers_channels_last` is set (x86), and only where the backend
@@ -135,7 +137,7 @@ class ChannelsLastPass(Pass):
     name = "channels_last"
     level = 3
     order = 10
-    description = "chains of depthwise convs (and convs around them) -> FusedConvNHWC"
+    description = "chains of convs (with a depthwise one, or any if the backend gains) -> NHWC"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         from ...backends import get_backend
@@ -143,6 +145,7 @@ class ChannelsLastPass(Pass):
         backend = get_backend(ctx.backend, require_available=False)
         if not getattr(backend, "prefers_channels_last", False):
             return PassResult(graph, False)
+        any_chain = bool(getattr(backend, "channels_last_any_chain", False))
         kinds: dict[int, str] = {}
         rejected: list[Rejection] = []
         for n in graph.nodes:
@@ -167,11 +170,13 @@ class ChannelsLastPass(Pass):
         chosen: set[int] = set()
         for group in groups.values():
             names = tuple(n.name for n in group)
-            if len(group) < 2 or "depthwise" not in {kinds[id(n)] for n in group}:
+            depthwise = "depthwise" in {kinds[id(n)] for n in group}
+            if len(group) < 2 or not (depthwise or any_chain):
                 why = (
                     "a lone convolution: two transposes would cost more than channels-last saves"
                     if len(group) < 2
-                    else "no depthwise convolution in the chain: the others gain nothing"
+                    else "no depthwise convolution in the chain, and this backend's "
+                    "channels-last GEMM gains nothing over its NCHW one"
                 )
                 rejected.append(Rejection(self.name, RULE, names, why))
                 continue
