@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import dest, returning
-from . import _native, _parallel, depthwise_nhwc
+from . import _native, _parallel, autotune, depthwise_nhwc, direct_nhwc
 from ._numba import all_f32, const_input, njit, scratch, u64
 from ._table import kernels
 from .ops_conv import _ConvGeom
@@ -63,6 +63,8 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
         run = _depthwise(w, bias, act, attrs, group)
     elif kind == "im2col":
         run = _im2col(node, w, bias, act, attrs)
+        if w.shape[1] <= direct_nhwc.FEW_CHANNELS:
+            run = _few_channels(node, run, _direct(w, bias, act, attrs))
     else:
         return None
     run.writes_out = True
@@ -292,6 +294,84 @@ def _depthwise(
         return returning(per_image[0] if len(per_image) == 1 else _each(per_image), (y,))
 
     run.algorithm, run.bind = "depthwise_nhwc", bind
+    return run
+
+
+def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> KernelFn:
+    """A conv of few input channels computed directly, no windows gathered (see
+    direct_nhwc.py)."""
+    m, c = w.shape[:2]
+    wp, mp = direct_nhwc.pack_weight(w)
+    bp_const = direct_nhwc.pad_bias(bias, m, mp)
+    zero = np.zeros(m, np.float32)
+    geoms: dict[tuple, _ConvGeom] = {}
+
+    def calls(x, b, z, out) -> tuple:
+        """(y, x and z as the kernel reads them, one call of no arguments per image)."""
+        g = _geometry(x, c, w.shape, attrs, 1, geoms)
+        n, h, wd = x.shape[:3]
+        shape = (n, g.oh, g.ow, m)
+        y = _output(out, shape)
+        xf, yf = np.ascontiguousarray(x).reshape(n, -1), y.reshape(n, -1)
+        bp = bp_const if bias is not None else direct_nhwc.pad_bias(_vector(b, m, "B"), m, mp)
+        zz = _full(z, shape, "FusedConvNHWC residual Z")
+        zn = None if zz is _EMPTY else zz.reshape(n, -1)
+        finish = act[0] != 0 or zn is not None
+        per_image = []
+        for i in range(n):
+            args = (xf[i], wp, bp, h, wd, c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+                    g.ow, m, yf[i])  # fmt: skip
+            z_i = _EMPTY if zn is None else zn[i]
+            per_image.append(direct_nhwc.direct_call(args, g.oh, (z_i, zero, *act, finish)))
+        return y, xf, zz, per_image
+
+    def run(x, w_, b=None, z=None, out=None):
+        y, _, _, per_image = calls(x, b, z, out)
+        for call in per_image:
+            call()
+        return (y,)
+
+    def bind(x, w_, b=None, z=None, out=None):
+        y, xf, zz, per_image = calls(x, b, z, out)
+        if (bias is None and b is not None) or not in_place(y, out, (xf, x), (zz, z)):
+            return None
+        return returning(per_image[0] if len(per_image) == 1 else _each(per_image), (y,))
+
+    run.algorithm, run.bind = "direct_nhwc", bind
+    run.held = lambda: wp.nbytes
+    return run
+
+
+def _few_channels(node: Node, im2col: KernelFn, direct: KernelFn) -> KernelFn:
+    """Of windows + GEMM and the direct kernel, the one measured faster on one image of
+    the node's shapes (both work image by image; autotune.select: cached on disk, forced
+    by WORKBENCH_ALGORITHM); windows + GEMM where an image's shape is not known when
+    compiling."""
+    shapes = node.inputs[0].shape, node.outputs[0].shape
+    if not all(
+        s is not None and len(s) == 4 and all(isinstance(d, int) and d > 0 for d in s[1:])
+        for s in shapes
+    ):
+        return im2col
+    xs, ys = ((1, *s[1:]) for s in shapes)
+    z = node.inputs[3] if len(node.inputs) > 3 else None
+    w = const_input(node, 1)
+    b_given = len(node.inputs) > 2 and node.inputs[2] is not None
+    gemm = im2col.algorithm  # the product chosen for these shapes when it was built
+    builders = {"direct_nhwc": lambda: direct, gemm: lambda: im2col}
+    flops = 2.0 * math.prod(ys) * math.prod(w.shape[1:])
+
+    def make_args():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(xs, dtype=np.float32)
+        b = None if not b_given else rng.standard_normal(w.shape[0], dtype=np.float32)
+        zz = None if z is None else rng.standard_normal(ys, dtype=np.float32)
+        return x, w, b, zz, np.empty(ys, np.float32)
+
+    attrs = {k: node.attrs.get(k) for k in _CONV_ATTRS}
+    key = autotune.cache_key("FusedConvNHWC", [list(xs), list(w.shape), gemm], attrs)
+    _, run, choice = autotune.select("FusedConvNHWC", key, builders, gemm, make_args, flops)
+    autotune.announce(run, choice)
     return run
 
 
