@@ -1,7 +1,8 @@
 """x86 `workbench.FusedConvNHWC`: the channels-last convolutions of opt level 3.
 
 The channels_last pass (passes/layout/channels_last.py) moves chains of depthwise and 1x1
-convolutions to NHWC; this module computes them there, with no transpose of its own:
+convolutions (any convolutions, with MKL) to NHWC; this module computes them there, with
+no transpose of its own:
 
 - depthwise (one input and one output channel per group, 2-D): `_depthwise_hwc` of
   depthwise_nhwc.py, each output pixel a run of C contiguous values and each tap one
@@ -12,6 +13,8 @@ convolutions to NHWC; this module computes them there, with no transpose of its 
   thread) with the epilogue (bias, residual, activation) on each part's block.
 - any other conv of one group: its windows gathered channels-last (`_windows_hwc`: each
   tap a run of C values), then the same GEMM machinery by the weight as (kh*kw*C, M).
+  With 1-4 input channels (the RGB stem) selection also measures a direct conv with no
+  windows (direct_nhwc.py) and keeps the faster.
 
 Grouped convolutions other than depthwise are declined: the pass never emits them
 (see `conv_kind` there).
