@@ -188,12 +188,7 @@ def test_mobilenet_v2_runs_channels_last_from_input_to_pool():
     ops = Counter(op_names(result.after))
     assert ops["workbench.FusedConvNHWC"] >= 6 and ops["Transpose"] == 2
     assert "workbench.FusedConv" not in ops  # the 3x3 stem too: gathered channels-last
-    sess = wb.Session(model, "x86", level=3)
-    assert not sess.plan.fallbacks
-    feeds = sess.random_feeds(seed=2)
-    want = wb.Session(model, "reference").run(feeds)
-    for name, y in sess.run(feeds).items():
-        assert_close(y, want[name], rtol=1e-4, atol=1e-5)
+    _level_3_matches_reference(model, seed=2, atol=1e-5)
 
 
 def test_a_residual_that_broadcasts_keeps_its_conv_out():
@@ -257,9 +252,14 @@ def test_x86_moves_any_chain_exactly_when_mkl_is_there():
     result = optimize(model, level=3, backend="x86", strict=True)
     moved = "workbench.FusedConvNHWC" in op_names(result.after)
     assert moved is _mkl.available()
+    _level_3_matches_reference(model, seed=3, atol=1e-4)
+
+
+def _level_3_matches_reference(model: wb.Model, seed: int, atol: float) -> None:
+    """x86 at level 3 runs the whole model (no fallbacks) and agrees with reference."""
     sess = wb.Session(model, "x86", level=3)
     assert not sess.plan.fallbacks
-    feeds = sess.random_feeds(seed=3)
+    feeds = sess.random_feeds(seed=seed)
     want = wb.Session(model, "reference").run(feeds)
     for name, y in sess.run(feeds).items():
-        assert_close(y, want[name], rtol=1e-4, atol=1e-4)
+        assert_close(y, want[name], rtol=1e-4, atol=atol)

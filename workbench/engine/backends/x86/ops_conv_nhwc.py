@@ -284,20 +284,7 @@ def _depthwise(
             per_image.append(_native.depthwise_call(args, g.oh, grain, (z_i, zero, *act, finish)))
         return y, xf, zz, per_image
 
-    def run(x, w_, b=None, z=None, out=None):
-        y, _, _, per_image = calls(x, b, z, out)
-        for call in per_image:
-            call()
-        return (y,)
-
-    def bind(x, w_, b=None, z=None, out=None):
-        y, xf, zz, per_image = calls(x, b, z, out)
-        if (bias is None and b is not None) or not in_place(y, out, (xf, x), (zz, z)):
-            return None
-        return returning(per_image[0] if len(per_image) == 1 else _each(per_image), (y,))
-
-    run.algorithm, run.bind = "depthwise_nhwc", bind
-    return run
+    return _image_by_image(calls, bias, "depthwise_nhwc")
 
 
 def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> KernelFn:
@@ -328,6 +315,15 @@ def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> 
             per_image.append(direct_nhwc.direct_call(args, g.oh, (z_i, zero, *act, finish)))
         return y, xf, zz, per_image
 
+    run = _image_by_image(calls, bias, "direct_nhwc")
+    run.held = lambda: wp.nbytes
+    return run
+
+
+def _image_by_image(calls: Callable, bias: np.ndarray | None, algorithm: str) -> KernelFn:
+    """The kernel (run, and its bind) of `calls(x, b, z, out)` -> (y, x and z as the
+    kernels read them, one call of no arguments per image)."""
+
     def run(x, w_, b=None, z=None, out=None):
         y, _, _, per_image = calls(x, b, z, out)
         for call in per_image:
@@ -340,8 +336,7 @@ def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> 
             return None
         return returning(per_image[0] if len(per_image) == 1 else _each(per_image), (y,))
 
-    run.algorithm, run.bind = "direct_nhwc", bind
-    run.held = lambda: wp.nbytes
+    run.algorithm, run.bind = algorithm, bind
     return run
 
 
