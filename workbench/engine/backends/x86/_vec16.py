@@ -47,7 +47,10 @@ def _pointer(context, builder, ary_type, ary, index, index_type):
 
 
 def _is_f32_array(a) -> bool:
-    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
+    # contiguous only: the lanes are 16 neighbours in memory, not 16 strided elements
+    return (
+        isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1 and a.layout == "C"
+    )
 
 
 @intrinsic
