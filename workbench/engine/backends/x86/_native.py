@@ -294,23 +294,32 @@ def _depthwise(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, y,
 # fmt: on
 
 
-def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[[], object]:
-    """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` then, when tail[-1] (finish), the
-    epilogue (tail: z, zero, act, p0, p1, finish) over output rows split like the pool's
-    parts, on numba's threads when `available()` (else on the pool), as a call of no
-    arguments with its parts worked out now."""
+def rows_call(
+    serial: Callable, parallel: Callable, head: tuple, tail: tuple, rows: int, grain: int
+) -> Callable[[], object]:
+    """`serial(*head, lo, hi, *tail)` over output rows 0..rows-1 split like the pool's
+    parts, as a call of no arguments with its parts worked out now: on numba's threads as
+    `parallel(*head, bounds, *tail)` (a prange over the parts) when `available()`, else on
+    the pool."""
     parts = _parallel.split(rows, grain)
     if len(parts) > 1 and available():
-        return partial(_depthwise, *args[:15], _bounds(parts), *args[15:], *tail)
+        return partial(parallel, *head, _bounds(parts), *tail)
 
     def part(lo: int, hi: int) -> None:
-        _depthwise_part(*args[:15], lo, hi, *args[15:], *tail)
+        serial(*head, lo, hi, *tail)
 
     if len(parts) == 1:
         return partial(part, *parts[0])
     return partial(_parallel.parallel, lambda i: part(*parts[i]), len(parts))
 
 
+def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[[], object]:
+    """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` then, when tail[-1] (finish), the
+    epilogue (tail: z, zero, act, p0, p1, finish) over output rows (`rows_call`)."""
+    return rows_call(_depthwise_part, _depthwise, args[:15], (*args[15:], *tail), rows, grain)
+
+
 __all__ = [
-    "available", "conv_gemm", "depthwise_call", "packed_cols_call", "packed_rows_call", "why",
+    "available", "conv_gemm", "depthwise_call", "packed_cols_call", "packed_rows_call",
+    "rows_call", "why",
 ]  # fmt: skip

@@ -19,12 +19,11 @@ on each output row as soon as it is done, while it is in L1 (`_epilogue_tile`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 from numba import prange
 
-from . import _native, _parallel
+from . import _native
 from ._numba import CONTRACT, njit
 from ._vec16 import fma, lane, load, splat, store
 from .ops_fused_conv import _epilogue_tile
@@ -147,20 +146,10 @@ def _direct(x, wp, bp, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, m, bounds, 
 
 
 def direct_call(args: tuple, rows: int, tail: tuple) -> Callable[[], object]:
-    """`_direct_hwc(*args[:16], lo, hi, *args[16:], *tail)` over the output rows split
-    over the threads (numba's when `_native.available()`, else the pool's), as a call of
-    no arguments with its parts worked out now. args: x, wp, bp, h, wd, c, kh, kw, sh, sw,
-    dh, dw, pt, pl, ow, m, y; tail: z, zero, act, p0, p1, finish."""
-    parts = _parallel.split(rows, 1)
-    if len(parts) > 1 and _native.available():
-        return partial(_direct, *args[:16], _native._bounds(parts), *args[16:], *tail)
-
-    def part(lo: int, hi: int) -> None:
-        _direct_hwc(*args[:16], lo, hi, *args[16:], *tail)
-
-    if len(parts) == 1:
-        return partial(part, *parts[0])
-    return partial(_parallel.parallel, lambda i: part(*parts[i]), len(parts))
+    """`_direct_hwc(*args[:16], lo, hi, *args[16:], *tail)` over the output rows split over
+    the threads (`_native.rows_call`). args: x, wp, bp, h, wd, c, kh, kw, sh, sw, dh, dw,
+    pt, pl, ow, m, y; tail: z, zero, act, p0, p1, finish."""
+    return _native.rows_call(_direct_hwc, _direct, args[:16], (*args[16:], *tail), rows, 1)
 
 
 __all__ = ["FEW_CHANNELS", "direct_call", "pack_weight", "pad_bias"]

@@ -67,7 +67,7 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
     elif kind == "im2col":
         run = _im2col(node, w, bias, act, attrs)
         if w.shape[1] <= direct_nhwc.FEW_CHANNELS:
-            run = _few_channels(node, run, _direct(w, bias, act, attrs))
+            run = _few_channels(node, w, run, _direct(w, bias, act, attrs))
     else:
         return None
     run.writes_out = True
@@ -340,7 +340,7 @@ def _image_by_image(calls: Callable, bias: np.ndarray | None, algorithm: str) ->
     return run
 
 
-def _few_channels(node: Node, im2col: KernelFn, direct: KernelFn) -> KernelFn:
+def _few_channels(node: Node, w: np.ndarray, im2col: KernelFn, direct: KernelFn) -> KernelFn:
     """Of windows + GEMM and the direct kernel, the one measured faster on one image of
     the node's shapes (both work image by image; autotune.select: cached on disk, forced
     by WORKBENCH_ALGORITHM); windows + GEMM where an image's shape is not known when
@@ -353,7 +353,6 @@ def _few_channels(node: Node, im2col: KernelFn, direct: KernelFn) -> KernelFn:
         return im2col
     xs, ys = ((1, *s[1:]) for s in shapes)
     z = node.inputs[3] if len(node.inputs) > 3 else None
-    w = const_input(node, 1)
     b_given = len(node.inputs) > 2 and node.inputs[2] is not None
     gemm = im2col.algorithm  # the product chosen for these shapes when it was built
     builders = {"direct_nhwc": lambda: direct, gemm: lambda: im2col}
