@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from ..errors import ExternalDataError, ModelLoadError
+from . import onnx_file
 from .ir import Graph, Node, Value, np_dtype
 from .memory_guard import check_size
 from .model import Model
@@ -90,6 +91,7 @@ def load(
     path (for a path it is the model's own folder).
     """
     path: Path | None = None
+    spans: list[onnx_file.Span | None] = []
     if isinstance(source, onnx.ModelProto):
         proto, label, digest = source, "<ModelProto>", ""
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -105,13 +107,7 @@ def load(
         if not path.is_file():
             what = "a directory" if path.is_dir() else "not a regular file"
             raise ModelLoadError(f"{label}: {what}, not an ONNX file")
-        try:
-            raw = path.read_bytes()
-        except OSError as e:  # permissions, a file vanishing, I/O errors
-            raise ModelLoadError(f"{label}: cannot read the file: {e.strerror or e}") from None
-        proto = _parse(raw, label)
-        digest = hashlib.sha256(raw).hexdigest()
-        del raw  # the file's bytes, the proto and the arrays made from it: two at a time
+        proto, spans, digest = _read_file(path, label)
         base_dir = path.parent
     else:
         raise ModelLoadError(
@@ -120,7 +116,7 @@ def load(
         )
     base = Path(base_dir) if base_dir is not None else None
     try:
-        return _from_proto(proto, label, base, check, path, digest)
+        return _from_proto(proto, label, base, check, path, digest, spans)
     except UnicodeDecodeError as e:
         # proto2 strings are not validated when parsed; a corrupt file shows up here, when a
         # name is first read (by us or inside the checker's error message).
@@ -136,10 +132,13 @@ def _from_proto(
     check: bool,
     path: Path | None,
     digest: str,
+    spans: list[onnx_file.Span | None],
 ) -> Model:
     if not proto.HasField("graph") or (proto.ir_version == 0 and not proto.graph.node):
         raise ModelLoadError(f"{label}: not an ONNX model (no graph and no IR version)")
-    light = _strip_weights(proto)
+    # Initializers whose bytes are still in the file (see onnx_file), by name.
+    in_file = {t.name: s for t, s in zip(proto.graph.initializer, spans) if s is not None}
+    light = _strip_weights(proto, set(in_file))
     if check:
         try:
             onnx.checker.check_model(light)
@@ -149,6 +148,7 @@ def _from_proto(
     types = _inferred_types(light, label)
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in proto.opset_import}
     ctx = _Ctx(label=label, base_dir=base, types=types, originals={})
+    ctx.in_file = {name: (path, span) for name, span in in_file.items()}
     _collect_initializers(proto.graph, ctx.originals)
     graph = _graph_from_proto(proto.graph, {}, ctx, parent=None)
     return Model(
@@ -165,6 +165,28 @@ def _from_proto(
         path=path,
         sha256=digest,
     )
+
+
+def _read_file(path: Path, label: str) -> tuple[onnx.ModelProto, list, str]:
+    """(proto, where its large initializers' bytes lie in the file, the file's SHA-256).
+
+    The proto is parsed without those bytes (they are read once, into their arrays, by
+    `_graph_from_proto`); a file the walk does not understand is read and parsed whole."""
+    try:
+        light = onnx_file.light_model_bytes(path)
+        if light is not None:
+            proto = onnx.ModelProto()
+            try:
+                proto.ParseFromString(light[0])
+            except (DecodeError, RuntimeError, ValueError):
+                light = None  # parsed whole below, for the error message
+        if light is not None and len(light[1]) == len(proto.graph.initializer):
+            return proto, light[1], onnx_file.sha256_of(path)
+        raw = path.read_bytes()
+    except OSError as e:  # permissions, a file vanishing, I/O errors
+        raise ModelLoadError(f"{label}: cannot read the file: {e.strerror or e}") from None
+    proto = _parse(raw, label)
+    return proto, [], hashlib.sha256(raw).hexdigest()
 
 
 def _parse(raw: bytes, label: str) -> onnx.ModelProto:
@@ -202,6 +224,7 @@ class _Ctx:
         self.base_dir = base_dir
         self.types = types  # value name -> TypeProto, after shape inference
         self.originals = originals  # initializer name -> original TensorProto (with data)
+        self.in_file: dict[str, tuple[Path, onnx_file.Span]] = {}  # raw_data left in the file
         self.names: set[str] = set()  # node names taken so far, subgraphs included
 
 
@@ -214,7 +237,7 @@ def _collect_initializers(g: onnx.GraphProto, out: dict) -> None:
                 _collect_initializers(sub, out)
 
 
-def _strip_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _strip_weights(proto: onnx.ModelProto, in_file: set[str]) -> onnx.ModelProto:
     """A copy of `proto` whose large initializers are replaced by typed graph inputs.
 
     The checker and shape inference serialize the whole model; they need the weights'
@@ -227,7 +250,11 @@ def _strip_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(graph, light.graph, skip="initializer")
     declared = {vi.name for vi in graph.input}
     for t in graph.initializer:
-        if t.ByteSize() > _STRIP_BYTES or t.data_location == TensorProto.EXTERNAL:
+        if (
+            t.ByteSize() > _STRIP_BYTES
+            or t.data_location == TensorProto.EXTERNAL
+            or t.name in in_file
+        ):
             # A typed graph input stands in for the weight: same name, type and dims.
             if t.name not in declared:
                 light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
@@ -311,11 +338,7 @@ def tensor_to_array(t: TensorProto, base_dir: Path | None, label: str = "") -> n
     if t.HasField("raw_data") and dtype is not None and t.data_type not in _SUB_BYTE_TYPES:
         raw = t.raw_data
         expected = count * dtype.itemsize
-        if len(raw) != expected:
-            raise ModelLoadError(
-                f"{label}: tensor {t.name!r} has {len(raw)} bytes of data but dims {list(dims)} "
-                f"of {dtype} need {expected}"
-            )
+        _check_nbytes(t, len(raw), expected, label)
         if t.data_type in _PLAIN_TYPES:
             return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
     elif t.data_type in _TYPED_FIELD:
@@ -334,6 +357,35 @@ def tensor_to_array(t: TensorProto, base_dir: Path | None, label: str = "") -> n
         return numpy_helper.to_array(t)
     except Exception as e:
         raise ModelLoadError(f"{label}: cannot read tensor {t.name!r}: {e}") from None
+
+
+def _check_nbytes(t: TensorProto, have: int, expected: int, label: str) -> None:
+    if have != expected:
+        dims, dtype = list(t.dims), np_dtype(t.data_type)
+        raise ModelLoadError(
+            f"{label}: tensor {t.name!r} has {have} bytes of data but dims {dims} "
+            f"of {dtype} need {expected}"
+        )
+
+
+def _array_from_file(t: TensorProto, path: Path, span: onnx_file.Span, label: str) -> np.ndarray:
+    """The initializer whose raw_data `onnx_file` left in the file, read into its array."""
+    dims = tuple(int(d) for d in t.dims)
+    dtype = np_dtype(t.data_type)
+    if any(d < 0 for d in dims) or dtype is None or t.data_type not in _PLAIN_TYPES:
+        raise ModelLoadError(
+            f"{label}: tensor {t.name!r}: raw data of dims {list(dims)} "
+            f"and element type {t.data_type} cannot be read"
+        )
+    _check_nbytes(t, span.nbytes, _numel(dims) * dtype.itemsize, label)
+    check_size(dims, dtype, f"{label}: tensor {t.name!r}")
+    arr = np.empty(dims, dtype.newbyteorder("<"))
+    try:
+        onnx_file.read_into(path, span, memoryview(arr.reshape(-1)).cast("B"))
+    except OSError as e:
+        raise ModelLoadError(f"{label}: cannot read tensor {t.name!r}: {e}") from None
+    arr.flags.writeable = False  # as the views of raw bytes are: constants are not written
+    return arr
 
 
 def _numel(dims: tuple[int, ...]) -> int:
@@ -410,7 +462,10 @@ def _graph_from_proto(
     scope = ChainMap(local, outer)
     for t in gp.initializer:
         original = ctx.originals.get(t.name, t)
-        arr = tensor_to_array(original, ctx.base_dir, ctx.label)
+        if t.name in ctx.in_file:
+            arr = _array_from_file(original, *ctx.in_file[t.name], ctx.label)
+        else:
+            arr = tensor_to_array(original, ctx.base_dir, ctx.label)
         v = _new_value(t.name, ctx)
         v.elem_type, v.shape, v.const = original.data_type, tuple(arr.shape), arr
         local[t.name] = g.add_initializer(v)
