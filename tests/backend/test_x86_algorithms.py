@@ -10,11 +10,12 @@ import math
 
 import numpy as np
 import pytest
+from onnx import helper
 
 import workbench as wb
 from workbench import _threads
 from workbench.engine.backends.x86 import _mkl, _parallel, autotune
-from workbench.testing import assert_close, node_model, run_node
+from workbench.testing import assert_close, graph_model, node_model, run_node
 
 rng = np.random.default_rng(11)
 
@@ -169,6 +170,30 @@ def test_matmul_and_gemm_algorithms_match_reference(gemm_alg):  # (each GEMM can
     assert step.kernel.algorithm == alg
     ref = run_node("reference", "Gemm", [a2, b2, c2], attrs, consts=(1, 2))[0]
     assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_algorithms_read_a_transposed_weight_in_place(gemm_alg):
+    """B = Transpose(W) folds to a column-major view of W, not a copy (GPT-2's tied
+    lm_head; passes/cleanup/fold.py): every GEMM candidate reads it so, odd sizes."""
+    a, w = f32(2, 19, 17), f32(37, 17)
+    model = graph_model(
+        [
+            helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["a", "wt"], ["out0"]),
+        ],
+        [("a", [2, 19, 17])],
+        [("out0", [2, 19, 37])],
+        {"w": w},
+    )
+    with autotune.settings(force={"MatMul": gemm_alg}):
+        sess = wb.Session(model, "x86", level=1)
+    (step,) = sess.plan.steps
+    wt = step.node.inputs[1].const
+    assert wt.flags.f_contiguous and not wt.flags.c_contiguous
+    assert np.shares_memory(wt, model.graph.initializers["w"].const)
+    assert step.kernel.algorithm == f"{gemm_alg}_flat"
+    want = wb.Session(model, "reference").run({"a": a})["out0"]
+    assert_close(sess.run({"a": a})["out0"], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("act", ["Gelu", "Relu"])

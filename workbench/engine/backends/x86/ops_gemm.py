@@ -112,7 +112,9 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
         return None
     b_const = const_input(node, 1)
     if b_const is not None and b_const.ndim == 2:
-        bm = np.ascontiguousarray(b_const)
+        # a column-major B (a transposed weight, see passes/cleanup/fold.py) is read as it
+        # is: BLAS and MKL take either order, and a copy would be another weight's worth
+        bm = b_const if b_const.flags.f_contiguous else np.ascontiguousarray(b_const)
         k, n = bm.shape
 
         def run_flat(x, b, out=None, post=None):
