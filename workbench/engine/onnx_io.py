@@ -2,7 +2,8 @@
 
 Loading checks the model with `onnx.checker`, infers shapes with
 `onnx.shape_inference` (on a copy stripped of large weights, so a 500 MB model
-is not serialized twice), and memory-maps external data instead of reading it.
+is not serialized twice), and memory-maps external data instead of reading it. A
+file's own large initializers are read once, straight into their arrays (onnx_file.py).
 """
 
 from __future__ import annotations
