@@ -13,10 +13,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import workbench as wb
-from workbench.engine import onnx_file
+from workbench.engine import onnx_file, onnx_io
 from workbench.errors import ModelLoadError
 
 BIG = onnx_file.READ_SEPARATELY_BYTES
+PLAIN = onnx_io._PLAIN_TYPES
 
 
 def _weights() -> dict[str, np.ndarray]:
@@ -84,7 +85,7 @@ def test_the_walk_leaves_out_just_the_large_raw_data(tmp_path: Path) -> None:
     proto = _model(weights)
     path = tmp_path / "m.onnx"
     onnx.save(proto, path)
-    light, spans = onnx_file.light_model_bytes(path)
+    light, spans = onnx_file.light_model_bytes(path, PLAIN)
     raw = path.read_bytes()
     names = [t.name for t in proto.graph.initializer]
     large = {n for n, a in weights.items() if a.nbytes >= BIG}
@@ -121,7 +122,7 @@ def test_a_file_cut_short_inside_a_weight_is_a_load_error(tmp_path: Path) -> Non
     raw = proto.SerializeToString()
     path = tmp_path / "cut.onnx"
     path.write_bytes(raw[: len(raw) // 2])  # inside some raw_data: the walk gives up
-    assert onnx_file.light_model_bytes(path) is None
+    assert onnx_file.light_model_bytes(path, PLAIN) is None
     with pytest.raises(ModelLoadError, match=r"cut\.onnx: not a valid ONNX protobuf"):
         wb.load(path)
 
@@ -133,7 +134,7 @@ def test_bytes_the_walk_does_not_understand_fall_back(tmp_path: Path, content: b
     """Empty, a group, text, a length past the end: the ordinary parse's error is given."""
     path = tmp_path / "odd.onnx"
     path.write_bytes(content)
-    assert onnx_file.light_model_bytes(path) is None
+    assert onnx_file.light_model_bytes(path, PLAIN) is None
     with pytest.raises(ModelLoadError, match=r"odd\.onnx: "):
         wb.load(path)
 
@@ -163,7 +164,38 @@ def test_large_weights_inside_a_subgraph_stay_in_the_proto(tmp_path: Path) -> No
     )
     path = tmp_path / "if.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    _, spans = onnx_file.light_model_bytes(path)
+    _, spans = onnx_file.light_model_bytes(path, PLAIN)
     assert spans == []
     sess = wb.Session(wb.load(path), "reference")
     np.testing.assert_array_equal(sess.run({"c": np.array(False)})["Y"], -w)
+
+
+def test_large_tensors_of_types_numpy_lays_out_otherwise_stay_in_the_proto(tmp_path: Path):
+    """bfloat16 raw data is not numpy's layout of any dtype: it is parsed as before."""
+    n = BIG  # 2 bytes each: twice the threshold
+    bits = np.random.default_rng(3).integers(0, 2**15, n, dtype=np.uint16)
+    t = helper.make_tensor("bf", TensorProto.BFLOAT16, [n], bits.tobytes(), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["bf"], ["Y"], to=TensorProto.FLOAT)],
+        "g",
+        [],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [n])],
+        [t],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "bf.onnx"
+    onnx.save(proto, path)
+    assert onnx_file.light_model_bytes(path, PLAIN)[1] == [None]
+    got = wb.load(path).graph.initializers["bf"].const
+    want = wb.load(proto).graph.initializers["bf"].const
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_a_large_tensor_with_a_negative_dim_is_named(tmp_path: Path) -> None:
+    proto = _model(_weights())
+    t = next(t for t in proto.graph.initializer if t.name == "i64")
+    t.dims[0] = -9001
+    path = tmp_path / "neg.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelLoadError, match=r"tensor 'i64' has a negative dim in \[-9001\]"):
+        wb.load(path, check=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,9 @@ def _key_end(mm: mmap.mmap, start: int) -> int:
     return _varint(mm, start, len(mm))[1]
 
 
-def _tensor(mm: mmap.mmap, pos: int, end: int) -> tuple[bytes, Span | None]:
-    """The TensorProto's bytes, with its raw_data left out when it is large and plain."""
+def _tensor(mm: mmap.mmap, pos: int, end: int, types: Collection[int]) -> tuple[bytes, Span | None]:
+    """The TensorProto's bytes, with its raw_data left out when it is large and of one of
+    `types` (element types numpy lays out as the file does)."""
     raw: tuple[int, int, int] | None = None  # (field start, value start, value end)
     data_type, external = 0, False
     for field, wire, start, vstart, vend in _fields(mm, pos, end):
@@ -110,7 +112,7 @@ def _tensor(mm: mmap.mmap, pos: int, end: int) -> tuple[bytes, Span | None]:
             data_type = _varint(mm, vstart, vend)[0]
         elif field == _TENSOR_DATA_LOCATION and wire == _VARINT:
             external = _varint(mm, vstart, vend)[0] == TensorProto.EXTERNAL
-    if raw is None or external or raw[2] - raw[1] < READ_SEPARATELY_BYTES or not data_type:
+    if raw is None or external or raw[2] - raw[1] < READ_SEPARATELY_BYTES or data_type not in types:
         return mm[pos:end], None
     out = bytearray()
     for field, wire, start, _, vend in _fields(mm, pos, end):
@@ -119,11 +121,13 @@ def _tensor(mm: mmap.mmap, pos: int, end: int) -> tuple[bytes, Span | None]:
     return bytes(out), Span(raw[1], raw[2] - raw[1])
 
 
-def _graph(mm: mmap.mmap, pos: int, end: int) -> tuple[bytes, list[Span | None]]:
+def _graph(
+    mm: mmap.mmap, pos: int, end: int, types: Collection[int]
+) -> tuple[bytes, list[Span | None]]:
     out, spans = bytearray(), []
     for field, wire, start, vstart, vend in _fields(mm, pos, end):
         if field == _GRAPH_INITIALIZER and wire == _BYTES:
-            body, span = _tensor(mm, vstart, vend)
+            body, span = _tensor(mm, vstart, vend, types)
             spans.append(span)
             out += _message(start, _key_end(mm, start), body, mm) if span else mm[start:vend]
         else:
@@ -131,10 +135,10 @@ def _graph(mm: mmap.mmap, pos: int, end: int) -> tuple[bytes, list[Span | None]]
     return bytes(out), spans
 
 
-def light_model_bytes(path: Path) -> tuple[bytes, list[Span | None]] | None:
-    """The file's bytes less its large initializers' raw_data, and for each initializer of
-    the main graph, in order, where its raw_data lies (None: it was kept). None when the
-    file is empty or not a protobuf this walk understands."""
+def light_model_bytes(path: Path, types: Collection[int]) -> tuple[bytes, list[Span | None]] | None:
+    """The file's bytes less the raw_data of its large initializers of element `types`,
+    and for each initializer of the main graph, in order, where its raw_data lies (None: it
+    was kept). None when the file is empty or not a protobuf this walk understands."""
     with open(path, "rb") as f:
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -145,7 +149,7 @@ def light_model_bytes(path: Path) -> tuple[bytes, list[Span | None]] | None:
         for field, wire, start, vstart, vend in _fields(mm, 0, len(mm)):
             if field == _MODEL_GRAPH and wire == _BYTES:
                 graphs += 1
-                body, spans = _graph(mm, vstart, vend)
+                body, spans = _graph(mm, vstart, vend, types)
                 out += _message(start, _key_end(mm, start), body, mm)
             else:
                 out += mm[start:vend]

@@ -174,7 +174,7 @@ def _read_file(path: Path, label: str) -> tuple[onnx.ModelProto, list, str]:
     The proto is parsed without those bytes (they are read once, into their arrays, by
     `_graph_from_proto`); a file the walk does not understand is read and parsed whole."""
     try:
-        light = onnx_file.light_model_bytes(path)
+        light = onnx_file.light_model_bytes(path, _PLAIN_TYPES)
         if light is not None:
             proto = onnx.ModelProto()
             try:
@@ -372,12 +372,9 @@ def _check_nbytes(t: TensorProto, have: int, expected: int, label: str) -> None:
 def _array_from_file(t: TensorProto, path: Path, span: onnx_file.Span, label: str) -> np.ndarray:
     """The initializer whose raw_data `onnx_file` left in the file, read into its array."""
     dims = tuple(int(d) for d in t.dims)
-    dtype = np_dtype(t.data_type)
-    if any(d < 0 for d in dims) or dtype is None or t.data_type not in _PLAIN_TYPES:
-        raise ModelLoadError(
-            f"{label}: tensor {t.name!r}: raw data of dims {list(dims)} "
-            f"and element type {t.data_type} cannot be read"
-        )
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"{label}: tensor {t.name!r} has a negative dim in {list(dims)}")
+    dtype = np_dtype(t.data_type)  # (one of _PLAIN_TYPES: onnx_file left only those)
     _check_nbytes(t, span.nbytes, _numel(dims) * dtype.itemsize, label)
     check_size(dims, dtype, f"{label}: tensor {t.name!r}")
     arr = np.empty(dims, dtype.newbyteorder("<"))

@@ -175,16 +175,26 @@ def _size_reason(nbytes: int, node: Node, graph: Graph) -> str:
     )
 
 
-def _transposed_weight(array: np.ndarray) -> bool:
-    """`array` is a 2-D transpose, as a view: kept so, since GEMMs read either order and a
-    copy would be a second weight (GPT-2's lm_head is Transpose(wte): 147 MiB)."""
-    return array.ndim == 2 and array.flags.f_contiguous and array.base is not None
+def _transposed_weight(v: Value, array: np.ndarray) -> bool:
+    """`array` is a 2-D transpose, as a view, read only as a GEMM's B: kept so, since GEMMs
+    read either order and a copy would be a second weight (GPT-2's lm_head is
+    Transpose(wte): 147 MiB). Other readers get C order, as before."""
+    return (
+        array.ndim == 2
+        and array.flags.f_contiguous
+        and array.base is not None
+        and bool(v.uses)
+        and all(
+            n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx") and i == 1
+            for n, i in v.uses
+        )
+    )
 
 
 def _as_constant(v: Value, array: np.ndarray, origin: tuple[str, ...], graph: Graph) -> None:
     """Turn the node output `v` into an initializer holding `array` (same Value object,
     so every consumer keeps reading it by identity and by name)."""
-    if not array.flags.c_contiguous and not _transposed_weight(array):
+    if not array.flags.c_contiguous and not _transposed_weight(v, array):
         array = array.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
     v.const = array
     v.producer, v.index = None, 0
