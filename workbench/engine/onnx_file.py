@@ -1,27 +1,16 @@
-"""Reading an ONNX file so that its weights are in memory once, not three times.
-
-`onnx.load` reads the file's bytes (one copy of the weights), parses them into a
-ModelProto (a second), and turning each initializer's `raw_data` into a numpy array makes
-a third: loading BERT-base's 436 MB peaked at 949 MB of RSS before any kernel ran.
-Here the file is memory-mapped and its protobuf walked (wire format: ModelProto field 7
-is the graph, GraphProto field 5 an initializer, TensorProto field 9 its raw_data) to
-find where each large initializer's bytes lie; the model is parsed with those bytes left
-out, and each is then read from the file straight into an array of its own (`readinto`,
-no mapping kept, so the file's pages are the page cache's, not the process's). The
-walk touches only the pages holding headers and graph structure.
-
-Anything the walk does not expect (groups, a truncated varint, a length past the end)
-makes it give up: the caller then parses the file the ordinary way, which names the
-problem in its own words.
-"""
+"""Reading an ONNX file with its weights in memory once, not three times (file bytes, parsed
+proto, arrays: BERT-base's 436 MB peaked at 949 MiB): the file is memory-mapped and its
+protobuf walked (ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.raw_data = 9),
+the model parsed without the large raw_data, and each read from the file into its array.
+What the walk does not expect gives None: the caller parses the file whole, for its error."""
 
 from __future__ import annotations
 
 import hashlib
 import mmap
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from onnx import TensorProto
 
@@ -29,17 +18,12 @@ from onnx import TensorProto
 # (Reshape's shape), and reading many tiny tensors one by one gains nothing.
 READ_SEPARATELY_BYTES = 64 * 1024
 
-_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
+_VARINT, _BYTES, _FIXED_SIZE = 0, 2, {1: 8, 5: 4}  # wire types (fixed64, fixed32: bytes)
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 _TENSOR_DATA_TYPE, _TENSOR_RAW_DATA, _TENSOR_DATA_LOCATION = 2, 9, 14
 
 
-class _Malformed(Exception):
-    """The bytes are not the protobuf the walk expects; parse them the ordinary way."""
-
-
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):
     """Where an initializer's raw_data lies in the file."""
 
     offset: int
@@ -50,7 +34,7 @@ def _varint(mm: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= end or shift > 63:
-            raise _Malformed
+            raise ValueError  # not the protobuf the walk expects
         byte = mm[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -59,7 +43,7 @@ def _varint(mm: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(value: int) -> bytes:
+def _varint_bytes(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -69,43 +53,44 @@ def _encode_varint(value: int) -> bytes:
 
 
 def _fields(mm: mmap.mmap, pos: int, end: int):
-    """(field number, wire type, field start, value start, value end) of each field."""
+    """(field number, wire type, field start, key end, value start, value end) of each."""
     while pos < end:
         start = pos
         key, pos = _varint(mm, pos, end)
+        key_end = pos
         field, wire = key >> 3, key & 7
         if wire == _VARINT:
             _, stop = _varint(mm, pos, end)
-        elif wire == _FIXED64:
-            stop = pos + 8
-        elif wire == _FIXED32:
-            stop = pos + 4
+        elif wire in _FIXED_SIZE:
+            stop = pos + _FIXED_SIZE[wire]
         elif wire == _BYTES:
             length, pos = _varint(mm, pos, end)
             stop = pos + length
         else:  # groups (deprecated) and invalid wire types
-            raise _Malformed
+            raise ValueError
         if field == 0 or stop > end:
-            raise _Malformed
-        yield field, wire, start, pos, stop
+            raise ValueError
+        yield field, wire, start, key_end, pos, stop
         pos = stop
 
 
-def _message(key_start: int, key_end: int, body: bytes, mm: mmap.mmap) -> bytes:
-    """A length-delimited field again: its key as it was, the new length, the new body."""
-    return mm[key_start:key_end] + _encode_varint(len(body)) + body
-
-
-def _key_end(mm: mmap.mmap, start: int) -> int:
-    return _varint(mm, start, len(mm))[1]
+def _rewrite(mm: mmap.mmap, pos: int, end: int, field: int, inner) -> bytes:
+    """The message's bytes with each length-delimited `field`'s body replaced by
+    `inner(value start, value end)`, or kept where that gives None."""
+    out = bytearray()
+    for f, wire, start, key_end, vstart, vend in _fields(mm, pos, end):
+        body = inner(vstart, vend) if f == field and wire == _BYTES else None
+        out += (
+            mm[start:vend] if body is None else mm[start:key_end] + _varint_bytes(len(body)) + body
+        )
+    return bytes(out)
 
 
 def _tensor(mm: mmap.mmap, pos: int, end: int, types: Collection[int]) -> tuple[bytes, Span | None]:
-    """The TensorProto's bytes, with its raw_data left out when it is large and of one of
-    `types` (element types numpy lays out as the file does)."""
+    """The TensorProto's bytes, less its raw_data when that is large and of element `types`."""
     raw: tuple[int, int, int] | None = None  # (field start, value start, value end)
     data_type, external = 0, False
-    for field, wire, start, vstart, vend in _fields(mm, pos, end):
+    for field, wire, start, _, vstart, vend in _fields(mm, pos, end):
         if field == _TENSOR_RAW_DATA and wire == _BYTES:
             raw = (start, vstart, vend)  # the last occurrence wins, as in a parser
         elif field == _TENSOR_DATA_TYPE and wire == _VARINT:
@@ -114,25 +99,8 @@ def _tensor(mm: mmap.mmap, pos: int, end: int, types: Collection[int]) -> tuple[
             external = _varint(mm, vstart, vend)[0] == TensorProto.EXTERNAL
     if raw is None or external or raw[2] - raw[1] < READ_SEPARATELY_BYTES or data_type not in types:
         return mm[pos:end], None
-    out = bytearray()
-    for field, wire, start, _, vend in _fields(mm, pos, end):
-        if not (field == _TENSOR_RAW_DATA and wire == _BYTES):
-            out += mm[start:vend]
-    return bytes(out), Span(raw[1], raw[2] - raw[1])
-
-
-def _graph(
-    mm: mmap.mmap, pos: int, end: int, types: Collection[int]
-) -> tuple[bytes, list[Span | None]]:
-    out, spans = bytearray(), []
-    for field, wire, start, vstart, vend in _fields(mm, pos, end):
-        if field == _GRAPH_INITIALIZER and wire == _BYTES:
-            body, span = _tensor(mm, vstart, vend, types)
-            spans.append(span)
-            out += _message(start, _key_end(mm, start), body, mm) if span else mm[start:vend]
-        else:
-            out += mm[start:vend]
-    return bytes(out), spans
+    # (an earlier raw_data, were there two, would be parsed and then not used)
+    return mm[pos : raw[0]] + mm[raw[2] : end], Span(raw[1], raw[2] - raw[1])
 
 
 def light_model_bytes(path: Path, types: Collection[int]) -> tuple[bytes, list[Span | None]] | None:
@@ -144,18 +112,19 @@ def light_model_bytes(path: Path, types: Collection[int]) -> tuple[bytes, list[S
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file cannot be mapped
             return None
+    spans: list[Span | None] = []  # (two graph fields, merged by a parser, keep their order)
+
+    def tensor(pos: int, end: int) -> bytes | None:
+        body, span = _tensor(mm, pos, end, types)
+        spans.append(span)
+        return body if span else None
+
+    def graph(pos: int, end: int) -> bytes:
+        return _rewrite(mm, pos, end, _GRAPH_INITIALIZER, tensor)
+
     try:
-        out, spans, graphs = bytearray(), [], 0
-        for field, wire, start, vstart, vend in _fields(mm, 0, len(mm)):
-            if field == _MODEL_GRAPH and wire == _BYTES:
-                graphs += 1
-                body, spans = _graph(mm, vstart, vend, types)
-                out += _message(start, _key_end(mm, start), body, mm)
-            else:
-                out += mm[start:vend]
-        # Two graph fields would be merged by a parser; leave that to it.
-        return (bytes(out), spans) if graphs == 1 else None
-    except _Malformed:
+        return _rewrite(mm, 0, len(mm), _MODEL_GRAPH, graph), spans
+    except ValueError:  # not the protobuf the walk expects
         return None
     finally:
         mm.close()
@@ -165,22 +134,19 @@ def read_into(path: Path, span: Span, out: memoryview) -> None:
     """Read `span` of the file into `out` (bytes, len == span.nbytes)."""
     with open(path, "rb", buffering=0) as f:
         f.seek(span.offset)
-        done = 0
-        while done < span.nbytes:
-            n = f.readinto(out[done:])
+        while out.nbytes:  # (one read returns at most 2 GiB)
+            n = f.readinto(out)
             if not n:
-                raise OSError(f"the file ended {span.nbytes - done} bytes early")
-            done += n
+                raise OSError(f"the file ended {out.nbytes} bytes early")
+            out = out[n:]
 
 
 def sha256_of(path: Path) -> str:
     """The file's SHA-256, read in chunks (the whole file is never in memory at once)."""
     h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 

@@ -8,6 +8,7 @@ file's own large initializers are read once, straight into their arrays (onnx_fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import ChainMap
@@ -170,24 +171,20 @@ def _from_proto(
 
 def _read_file(path: Path, label: str) -> tuple[onnx.ModelProto, list, str]:
     """(proto, where its large initializers' bytes lie in the file, the file's SHA-256).
-
-    The proto is parsed without those bytes (they are read once, into their arrays, by
-    `_graph_from_proto`); a file the walk does not understand is read and parsed whole."""
+    The proto is parsed without those bytes (`_graph_from_proto` reads each into its
+    array); a file the walk does not understand is read and parsed whole."""
+    proto = onnx.ModelProto()
     try:
         light = onnx_file.light_model_bytes(path, _PLAIN_TYPES)
-        if light is not None:
-            proto = onnx.ModelProto()
-            try:
+        with contextlib.suppress(DecodeError, RuntimeError, ValueError):  # (parsed whole below)
+            if light is not None:
                 proto.ParseFromString(light[0])
-            except (DecodeError, RuntimeError, ValueError):
-                light = None  # parsed whole below, for the error message
-        if light is not None and len(light[1]) == len(proto.graph.initializer):
-            return proto, light[1], onnx_file.sha256_of(path)
+                if len(light[1]) == len(proto.graph.initializer):
+                    return proto, light[1], onnx_file.sha256_of(path)
         raw = path.read_bytes()
     except OSError as e:  # permissions, a file vanishing, I/O errors
         raise ModelLoadError(f"{label}: cannot read the file: {e.strerror or e}") from None
-    proto = _parse(raw, label)
-    return proto, [], hashlib.sha256(raw).hexdigest()
+    return _parse(raw, label), [], hashlib.sha256(raw).hexdigest()
 
 
 def _parse(raw: bytes, label: str) -> onnx.ModelProto:
@@ -251,11 +248,8 @@ def _strip_weights(proto: onnx.ModelProto, in_file: set[str]) -> onnx.ModelProto
     _copy_fields(graph, light.graph, skip="initializer")
     declared = {vi.name for vi in graph.input}
     for t in graph.initializer:
-        if (
-            t.ByteSize() > _STRIP_BYTES
-            or t.data_location == TensorProto.EXTERNAL
-            or t.name in in_file
-        ):
+        big = t.ByteSize() > _STRIP_BYTES or t.name in in_file  # (in_file: no bytes here)
+        if big or t.data_location == TensorProto.EXTERNAL:
             # A typed graph input stands in for the weight: same name, type and dims.
             if t.name not in declared:
                 light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
