@@ -24,8 +24,9 @@ _TENSOR_DATA_TYPE, _TENSOR_RAW_DATA, _TENSOR_DATA_LOCATION = 2, 9, 14
 
 
 class Span(NamedTuple):
-    """Where an initializer's raw_data lies in the file."""
+    """Where an initializer's raw_data lies: which file, from where, how many bytes."""
 
+    path: Path
     offset: int
     nbytes: int
 
@@ -86,7 +87,7 @@ def _rewrite(mm: mmap.mmap, pos: int, end: int, field: int, inner) -> bytes:
     return bytes(out)
 
 
-def _tensor(mm: mmap.mmap, pos: int, end: int, types: Collection[int]) -> tuple[bytes, Span | None]:
+def _tensor(mm: mmap.mmap, pos: int, end: int, types: Collection[int], path: Path):
     """The TensorProto's bytes, less its raw_data when that is large and of element `types`."""
     raw: tuple[int, int, int] | None = None  # (field start, value start, value end)
     data_type, external = 0, False
@@ -100,7 +101,7 @@ def _tensor(mm: mmap.mmap, pos: int, end: int, types: Collection[int]) -> tuple[
     if raw is None or external or raw[2] - raw[1] < READ_SEPARATELY_BYTES or data_type not in types:
         return mm[pos:end], None
     # (an earlier raw_data, were there two, would be parsed and then not used)
-    return mm[pos : raw[0]] + mm[raw[2] : end], Span(raw[1], raw[2] - raw[1])
+    return mm[pos : raw[0]] + mm[raw[2] : end], Span(path, raw[1], raw[2] - raw[1])
 
 
 def light_model_bytes(path: Path, types: Collection[int]) -> tuple[bytes, list[Span | None]] | None:
@@ -115,7 +116,7 @@ def light_model_bytes(path: Path, types: Collection[int]) -> tuple[bytes, list[S
     spans: list[Span | None] = []  # (two graph fields, merged by a parser, keep their order)
 
     def tensor(pos: int, end: int) -> bytes | None:
-        body, span = _tensor(mm, pos, end, types)
+        body, span = _tensor(mm, pos, end, types, path)
         spans.append(span)
         return body if span else None
 
@@ -130,9 +131,9 @@ def light_model_bytes(path: Path, types: Collection[int]) -> tuple[bytes, list[S
         mm.close()
 
 
-def read_into(path: Path, span: Span, out: memoryview) -> None:
-    """Read `span` of the file into `out` (bytes, len == span.nbytes)."""
-    with open(path, "rb", buffering=0) as f:
+def read_into(span: Span, out: memoryview) -> None:
+    """Read `span` of its file into `out` (bytes, len == span.nbytes)."""
+    with open(span.path, "rb", buffering=0) as f:
         f.seek(span.offset)
         while out.nbytes:  # (one read returns at most 2 GiB)
             n = f.readinto(out)

@@ -150,7 +150,7 @@ def _from_proto(
     types = _inferred_types(light, label)
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in proto.opset_import}
     ctx = _Ctx(label=label, base_dir=base, types=types, originals={})
-    ctx.in_file = {name: (path, span) for name, span in in_file.items()}
+    ctx.in_file = in_file
     _collect_initializers(proto.graph, ctx.originals)
     graph = _graph_from_proto(proto.graph, {}, ctx, parent=None)
     return Model(
@@ -222,7 +222,7 @@ class _Ctx:
         self.base_dir = base_dir
         self.types = types  # value name -> TypeProto, after shape inference
         self.originals = originals  # initializer name -> original TensorProto (with data)
-        self.in_file: dict[str, tuple[Path, onnx_file.Span]] = {}  # raw_data left in the file
+        self.in_file: dict[str, onnx_file.Span] = {}  # raw_data left in the file, by name
         self.names: set[str] = set()  # node names taken so far, subgraphs included
 
 
@@ -321,8 +321,11 @@ def _new_value(name: str, ctx: _Ctx, declared: onnx.TypeProto | None = None) -> 
     return Value(name, elem, shape, type_proto=other)
 
 
-def tensor_to_array(t: TensorProto, base_dir: Path | None, label: str = "") -> np.ndarray:
-    """TensorProto -> numpy, memory-mapping external data and viewing raw bytes in place."""
+def tensor_to_array(
+    t: TensorProto, base_dir: Path | None, label: str = "", span: onnx_file.Span | None = None
+) -> np.ndarray:
+    """TensorProto -> numpy, memory-mapping external data, viewing raw bytes in place, or
+    reading them from the file where onnx_file left them (`span`, an onnx_file.Span)."""
     dims = tuple(int(d) for d in t.dims)
     if any(d < 0 for d in dims):
         raise ModelLoadError(f"{label}: tensor {t.name!r} has a negative dim in {list(dims)}")
@@ -330,6 +333,8 @@ def tensor_to_array(t: TensorProto, base_dir: Path | None, label: str = "") -> n
     dtype = np_dtype(t.data_type)
     if t.data_location == TensorProto.EXTERNAL:
         return _external_array(t, dims, count, dtype, base_dir, label)
+    if span is not None:  # (one of _PLAIN_TYPES: onnx_file leaves out only those)
+        return _array_from_file(t, dims, dtype, span, label)
     if t.HasField("raw_data") and dtype is not None and t.data_type not in _SUB_BYTE_TYPES:
         raw = t.raw_data
         expected = count * dtype.itemsize
@@ -363,17 +368,13 @@ def _check_nbytes(t: TensorProto, have: int, expected: int, label: str) -> None:
         )
 
 
-def _array_from_file(t: TensorProto, path: Path, span: onnx_file.Span, label: str) -> np.ndarray:
-    """The initializer whose raw_data `onnx_file` left in the file, read into its array."""
-    dims = tuple(int(d) for d in t.dims)
-    if any(d < 0 for d in dims):
-        raise ModelLoadError(f"{label}: tensor {t.name!r} has a negative dim in {list(dims)}")
-    dtype = np_dtype(t.data_type)  # (one of _PLAIN_TYPES: onnx_file left only those)
+def _array_from_file(t: TensorProto, dims: tuple, dtype: np.dtype, span, label: str):
+    """Raw data onnx_file left in the file, read into its array."""
     _check_nbytes(t, span.nbytes, _numel(dims) * dtype.itemsize, label)
     check_size(dims, dtype, f"{label}: tensor {t.name!r}")
     arr = np.empty(dims, dtype.newbyteorder("<"))
     try:
-        onnx_file.read_into(path, span, memoryview(arr.reshape(-1)).cast("B"))
+        onnx_file.read_into(span, memoryview(arr.reshape(-1)).cast("B"))
     except OSError as e:
         raise ModelLoadError(f"{label}: cannot read tensor {t.name!r}: {e}") from None
     arr.flags.writeable = False  # as the views of raw bytes are: constants are not written
@@ -454,10 +455,7 @@ def _graph_from_proto(
     scope = ChainMap(local, outer)
     for t in gp.initializer:
         original = ctx.originals.get(t.name, t)
-        if t.name in ctx.in_file:
-            arr = _array_from_file(original, *ctx.in_file[t.name], ctx.label)
-        else:
-            arr = tensor_to_array(original, ctx.base_dir, ctx.label)
+        arr = tensor_to_array(original, ctx.base_dir, ctx.label, ctx.in_file.get(t.name))
         v = _new_value(t.name, ctx)
         v.elem_type, v.shape, v.const = original.data_type, tuple(arr.shape), arr
         local[t.name] = g.add_initializer(v)
