@@ -384,6 +384,41 @@ def test_pick_prefers_less_memory_only_within_the_slack(monkeypatch):
     assert autotune.pick(ms, mib) == "packed"
 
 
+def test_a_streamed_weight_is_charged_its_read_from_memory(monkeypatch):
+    """Two candidates doing the same work; one says it streams 2 MB of weights, which at
+    1 GB/s costs it 2 ms more than its timing hot in cache: it loses, and the charge is
+    kept with the choice (and in the cache, for the profiler)."""
+    monkeypatch.setattr(autotune, "_BANDWIDTH", [1e9])
+
+    def builder(nbytes: int):
+        def build():
+            def fn(x, out):
+                np.copyto(out, x)
+
+            fn.streamed = lambda: nbytes
+            return fn
+
+        return build
+
+    builders = {"cold": builder(2_000_000), "hot": builder(0)}
+    key = autotune.cache_key("Test", [[64]], {})
+    args = lambda: (np.ones(64, np.float32), np.empty(64, np.float32))  # noqa: E731
+    alg, _, choice = autotune.select("Test", key, builders, "cold", args, flops=1e9)
+    assert alg == "hot" and choice.source == "measured"
+    assert choice.cold == {"cold": pytest.approx(2.0)}
+    assert choice.candidates["cold"] >= 2.0 > choice.candidates["hot"]
+    autotune.clear_memory()
+    _, _, again = autotune.select("Test", key, builders, "cold", args, flops=1e9)
+    assert again.source == "cache" and again.cold == choice.cold
+
+
+def test_memory_bandwidth_is_measured_once():
+    autotune._BANDWIDTH.clear()
+    first = autotune.bandwidth()
+    assert 1e8 < first < 1e12  # bytes per second: between 0.1 and 1000 GB/s
+    assert autotune.bandwidth() == first
+
+
 @pytest.mark.skipif(not _mkl.available(), reason="the mkl extra is not installed")
 def test_mkl_packs_count_the_pages_they_fill():
     """A pack reserves megabytes (cblas_sgemm_pack_get_size) but fills fewer; `held` counts

@@ -2,8 +2,10 @@
 shapes, with every thread split taken: depthwise with strides 1, 2, 3 and mixed,
 dilations, asymmetric and auto pads, a 5x3 kernel, channel counts that are not multiples
 of the vector width, batch 2; 1x1 by each GEMM algorithm; other convs of one group by
-their windows and a GEMM (strides, dilations, a 7x7 stem); bias, residual, activations;
-the planner's buffer; and the NCHW <-> NHWC Transpose it relies on."""
+their windows and a GEMM (strides, dilations, a 7x7 stem); 3x3 stride-1 convs by
+Winograd F(2, 3) and F(4, 3) (partial tiles, asymmetric and auto pads, a bias given at run
+time, the bound call) and their selection; bias, residual, activations; the planner's
+buffer; and the NCHW <-> NHWC Transpose it relies on."""
 
 from __future__ import annotations
 
@@ -105,6 +107,59 @@ def test_convolutions_by_windows_and_gemm_match_reference(xs, ws, attrs, act):
     full = {**attrs, **({"activation": act} if act else {})}
     step, _, _ = _compare(x, w, b, z, full)
     assert step.kernel.algorithm.endswith("_im2col_nhwc")
+
+
+WINOGRAD = [
+    ((2, 19, 9, 11), (23, 19, 3, 3), {"pads": [1, 1, 1, 1]}),  # outputs cut tiles short
+    ((1, 17, 13, 7), (33, 17, 3, 3), {"pads": [0, 1, 2, 1]}),
+    ((1, 5, 6, 6), (7, 5, 3, 3), {}),  # no padding: 4x4 out, one F(4, 3) tile
+    ((1, 8, 10, 10), (16, 8, 3, 3), {"auto_pad": "SAME_UPPER"}),
+]
+# relative to max |y|: the transforms' rounding, as in test_x86_algorithms.py's bounds
+WINOGRAD_TOL = {"winograd_f2_nhwc": 1e-5, "winograd_f4_nhwc": 1e-4}
+
+
+@pytest.mark.parametrize("alg", sorted(WINOGRAD_TOL))
+@pytest.mark.parametrize("act", ["", "Relu"])
+@pytest.mark.parametrize(("xs", "ws", "attrs"), WINOGRAD)
+def test_winograd_matches_reference(xs, ws, attrs, act, alg):
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    y_nchw = run_node("reference", "Conv", [x, w, b], attrs, consts=(1, 2))[0]
+    z = f32(*y_nchw.shape) if act else None  # a residual with the activation
+    full = {**attrs, **({"activation": act} if act else {})}
+    consts = (1, 2) if act else (1,)  # without: the bias is given at run time
+    inputs = [_nhwc(x), w, b, None if z is None else _nhwc(z)]
+    with autotune.settings(force={"FusedConvNHWC": alg}):
+        model, feeds = node_model("FusedConvNHWC", inputs, full, domain="workbench", consts=consts)
+        sess = wb.Session(wb.load(model, check=False), "x86", level=0)
+    (step,) = sess.plan.steps
+    assert step.kernel.algorithm == alg
+    want = wb.Session(wb.load(model, check=False), "reference", level=0).run(feeds)["out0"]
+    for _ in range(3):  # the arena's runs are bound from the second on
+        feeds["in0"][...] = _nhwc(f32(*xs))  # new values in the same memory
+        want = wb.Session(wb.load(model, check=False), "reference", level=0).run(feeds)["out0"]
+        got = sess.run(feeds)["out0"]
+        assert got.shape == want.shape
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        assert err <= WINOGRAD_TOL[alg], f"{alg} relative error {err:.2e} on {xs} {ws} {attrs}"
+
+
+def test_winograd_is_a_candidate_of_3x3_stride_1_convs_only():
+    """A 3x3 stride-1 conv measures both Winograd transforms against windows + GEMM, each
+    charged its transformed weights' read from memory; a strided one does not."""
+    x, w = f32(1, 32, 20, 20), f32(32, 32, 3, 3)
+    step, _, _ = _compare(x, w, None, None, {"pads": [1, 1, 1, 1]})
+    run = step.run
+    assert run.choice.source == "measured"
+    wino = {"winograd_f2_nhwc", "winograd_f4_nhwc"}
+    assert wino < set(run.candidates) and len(run.candidates) == 3
+    assert set(run.candidates_cold) == wino and all(v > 0 for v in run.candidates_cold.values())
+    # F(4, 3) holds 36/16 of F(2, 3)'s transformed weights, and streams them as well
+    f2, f4 = (run.candidates_cold[a] for a in sorted(wino))
+    assert f4 == pytest.approx(f2 * 36 / 16, rel=0.05)
+    assert step.kernel.algorithm == autotune.pick(run.candidates, run.candidates_mib)
+    step, _, _ = _compare(x, w, None, None, {"pads": [1, 1, 1, 1], "strides": [2, 2]})
+    assert not wino & set(step.run.candidates)
 
 
 def test_pointwise_without_bias_or_residual():

@@ -617,7 +617,7 @@ def _builder(g: _ConvGeom, alg: str, w: np.ndarray, group: int) -> Callable[[], 
                 xx = np.ascontiguousarray(x).reshape(g.n, g.c, g.h, g.w)
                 return winograd.conv(xx, u, bias, m, (g.pt, g.pl), y, post)
 
-            fn.held = lambda: u.nbytes  # the transformed weights (autotune weighs them)
+            fn.held = fn.streamed = lambda: u.nbytes  # the transformed weights (autotune.py)
             return fn
         if alg == "generic":
 

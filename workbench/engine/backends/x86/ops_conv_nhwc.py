@@ -14,7 +14,10 @@ no transpose of its own:
 - any other conv of one group: its windows gathered channels-last (`_windows_hwc`: each
   tap a run of C values), then the same GEMM machinery by the weight as (kh*kw*C, M).
   With 1-4 input channels (the RGB stem) selection also measures a direct conv with no
-  windows (direct_nhwc.py) and keeps the faster.
+  windows (direct_nhwc.py), and for a 3x3 stride-1 conv Winograd F(2, 3) and F(4, 3)
+  (winograd.py, whose transforms run channels-last anyway), and keeps the fastest.
+  ResNet-50's 3x3 convs, two threads, in the model: 64 channels at 56x56 2.35 -> 1.29 ms
+  (F(4, 3)), 128 at 28x28 1.49 -> 1.19; at 14x14 and 7x7 windows + GEMM stay.
 
 Grouped convolutions other than depthwise are declined: the pass never emits them
 (see `conv_kind` there).
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import dest, returning
-from . import _native, _parallel, autotune, depthwise_nhwc, direct_nhwc
+from . import _native, _parallel, autotune, depthwise_nhwc, direct_nhwc, winograd
 from ._numba import all_f32, const_input, njit, scratch, u64
 from ._table import kernels
 from .ops_conv import _ConvGeom
@@ -66,8 +69,14 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
         run = _depthwise(w, bias, act, attrs, group)
     elif kind == "im2col":
         run = _im2col(node, w, bias, act, attrs)
+        others: dict[str, Callable[[], KernelFn]] = {}
         if w.shape[1] <= direct_nhwc.FEW_CHANNELS:
-            run = _few_channels(node, w, run, _direct(w, bias, act, attrs))
+            others["direct_nhwc"] = partial(_direct, w, bias, act, attrs)
+        if winograd.applies(w.shape[2:], _ints(attrs, "strides"), _ints(attrs, "dilations"), 1):
+            for m in winograd.TRANSFORMS:
+                others[f"winograd_f{m}_nhwc"] = partial(_winograd, w, bias, act, attrs, m)
+        if others:
+            run = _among(node, w, run, others)
     else:
         return None
     run.writes_out = True
@@ -340,22 +349,66 @@ def _image_by_image(calls: Callable, bias: np.ndarray | None, algorithm: str) ->
     return run
 
 
-def _few_channels(node: Node, w: np.ndarray, im2col: KernelFn, direct: KernelFn) -> KernelFn:
-    """Of windows + GEMM and the direct kernel, the one measured faster on one image of
-    the node's shapes (both work image by image; autotune.select: cached on disk, forced
-    by WORKBENCH_ALGORITHM); windows + GEMM where an image's shape is not known when
+def _winograd(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict, m: int) -> KernelFn:
+    """A 3x3 stride-1 conv by Winograd F(m, 3) (winograd.py), channels-last in and out: no
+    windows gathered, and no transposes around the transforms (they run channels-last)."""
+    nm, c = w.shape[:2]
+    u = winograd.pack_weight(w, m)
+    zero = np.zeros(nm, np.float32)
+    geoms: dict[tuple, _ConvGeom] = {}
+
+    def calls(x, b, z, out) -> tuple:
+        """(y, x and z as the kernel reads them, one call of no arguments per image)."""
+        g = _geometry(x, c, w.shape, attrs, 1, geoms)
+        n = x.shape[0]
+        shape = (n, g.oh, g.ow, nm)
+        y = _output(out, shape)
+        xf, yf = np.ascontiguousarray(x), y.reshape(n, -1)
+        bv = bias if bias is not None else _vector(b, nm, "FusedConvNHWC B")
+        zz = _full(z, shape, "FusedConvNHWC residual Z")
+        finish = act[0] != 0 or zz is not _EMPTY
+        per_image = []
+        for i in range(n):
+            done = None
+            if finish:  # residual and activation on each part's rows (bias is in the tiles)
+                z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
+                epi = Epilogue(zero, z_i, act)
+                done = partial(_rows_epilogue, epi, y[i].reshape(-1, nm), g.ow)
+            out_i = (yf[i], nm, g.oh, g.ow, True)
+            per_image.append(partial(winograd.image, xf[i], u, bv, m, (g.pt, g.pl), out_i, done))
+        return y, xf, zz, per_image
+
+    run = _image_by_image(calls, bias, f"winograd_f{m}_nhwc")
+    run.held = run.streamed = lambda: u.nbytes  # the transformed weights (autotune.py)
+    return run
+
+
+def _rows_epilogue(epi: Epilogue, y2: np.ndarray, ow: int, r0: int, r1: int) -> None:
+    epi(y2, r0 * ow, r1 * ow, 0, y2.shape[1])
+
+
+def _ints(attrs: dict, name: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in (attrs.get(name) or (1, 1)))
+
+
+def _among(
+    node: Node, w: np.ndarray, im2col: KernelFn, others: dict[str, Callable[[], KernelFn]]
+) -> KernelFn:
+    """Of windows + GEMM and the `others` (name -> builder: the direct kernel for few
+    channels, Winograd for 3x3 stride 1), the one measured fastest on one image of the
+    node's shapes (all work image by image; autotune.select: cached on disk, forced by
+    WORKBENCH_ALGORITHM); windows + GEMM where an image's shape is not known when
     compiling."""
-    shapes = node.inputs[0].shape, node.outputs[0].shape
-    if not all(
-        s is not None and len(s) == 4 and all(isinstance(d, int) and d > 0 for d in s[1:])
-        for s in shapes
-    ):
+    s = node.inputs[0].shape
+    if s is None or len(s) != 4 or not all(isinstance(d, int) and d > 0 for d in s[1:]):
         return im2col
-    xs, ys = ((1, *s[1:]) for s in shapes)
+    attrs = {k: v for k, v in node.attrs.items() if k in _CONV_ATTRS}
+    g = _ConvGeom((1, s[3], s[1], s[2]), tuple(w.shape), attrs, 1)
+    xs, ys = (1, *s[1:]), (1, g.oh, g.ow, w.shape[0])
     z = node.inputs[3] if len(node.inputs) > 3 else None
     b_given = len(node.inputs) > 2 and node.inputs[2] is not None
     gemm = im2col.algorithm  # the product chosen for these shapes when it was built
-    builders = {"direct_nhwc": lambda: direct, gemm: lambda: im2col}
+    builders = {gemm: lambda: im2col, **others}
     flops = 2.0 * math.prod(ys) * math.prod(w.shape[1:])
 
     def make_args():
@@ -365,8 +418,8 @@ def _few_channels(node: Node, w: np.ndarray, im2col: KernelFn, direct: KernelFn)
         zz = None if z is None else rng.standard_normal(ys, dtype=np.float32)
         return x, w, b, zz, np.empty(ys, np.float32)
 
-    attrs = {k: node.attrs.get(k) for k in _CONV_ATTRS}
-    key = autotune.cache_key("FusedConvNHWC", [list(xs), list(w.shape), gemm], attrs)
+    key_attrs = {k: node.attrs.get(k) for k in _CONV_ATTRS}
+    key = autotune.cache_key("FusedConvNHWC", [list(xs), list(w.shape), gemm], key_attrs)
     _, run, choice = autotune.select("FusedConvNHWC", key, builders, gemm, make_args, flops)
     autotune.announce(run, choice)
     return run

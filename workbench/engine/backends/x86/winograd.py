@@ -18,8 +18,9 @@ for the tolerance.
 The transforms run channels-last, so that every step of them is one vector
 multiply-add over a run of contiguous channels (the coefficients' zeros skipped outside
 the vector loops): the input is first copied channels-last with its zero padding around
-it, and the output tiles of each tile row are transposed back to NCHW while they are in
-cache, where the fused epilogue then runs. (A first version ran the transforms along the
+it, and the output tiles of each tile row are copied out while they are in cache (to
+NCHW for `conv`, as they are for a channels-last `image` of the FusedConvNHWC kernels),
+where the fused epilogue then runs. (A first version ran the transforms along the
 tiles of an image row in NCHW: short vector loops and strided reads; at 64 channels of
 56x56 its two transforms took 3.9 ms on one thread against 0.3 ms for the GEMMs.)
 """
@@ -27,6 +28,7 @@ tiles of an image row in NCHW: short vector loops and strided reads; at 64 chann
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -192,11 +194,12 @@ def _input_tiles(xh, c, wp, tw, m, ty0, ty1, rowt, v, ntiles):  # pragma: no cov
 
 @njit
 def _output_tiles(
-    mo, nm, tw, m, ty0, ty1, oh, ow, bias, tmp, rows, y, ntiles
+    mo, nm, tw, m, ty0, ty1, oh, ow, bias, tmp, rows, y, ntiles, hwc
 ):  # pragma: no cover - compiled
-    """y[:, ty*m .. ty*m + m - 1, :] (one image, (nm, oh, ow) flat) for the tile rows
-    ty0..ty1-1, from M (a*a, ntiles, nm) flat: A^T M A plus bias, channels-last into rows
-    (m, tw*m, nm), then transposed into y row by row. tmp: an (a, m, tw, nm) work array."""
+    """y[ty*m .. ty*m + m - 1] (one image flat: (nm, oh, ow), or (oh, ow, nm) when hwc) for
+    the tile rows ty0..ty1-1, from M (a*a, ntiles, nm) flat: A^T M A plus bias,
+    channels-last into rows (m, tw*m, nm), then copied into y row by row. tmp: an (a, m,
+    tw, nm) work array."""
     a = m + 2
     kind = 1 if m == 2 else 3
     wide = tw * m
@@ -211,10 +214,16 @@ def _output_tiles(
             for tx in range(tw):
                 o = (tx * m + cc) * nm
                 _apply(kind, tmp, (cc * tw + tx) * nm, m * span, rows, o, wide * nm, nm)
-        # back to NCHW plus bias, cropped to the output: a block of columns at a time, whose
-        # cache lines of rows stay in L1 while every channel's run of y is written
         for r in range(min(m, oh - ty * m)):
             oy = ty * m + r
+            if hwc:  # channels-last: each pixel's run of nm values, cropped to the output
+                for q in range(ow):
+                    src, dst = (r * wide + q) * nm, (oy * ow + q) * nm
+                    for k in range(nm):
+                        y[u64(dst + k)] = rows[u64(src + k)] + bias[k]
+                continue
+            # back to NCHW plus bias, cropped to the output: a block of columns at a time,
+            # whose cache lines of rows stay in L1 while every channel's run of y is written
             for q0 in range(0, ow, _TILE):
                 q1 = min(q0 + _TILE, ow)
                 for k in range(nm):
@@ -224,16 +233,71 @@ def _output_tiles(
                         y[u64(dst + q)] = rows[u64((r * wide + q) * nm + k)] + bk
 
 
-def _pad_hwc(x3: np.ndarray, pads: tuple[int, int], xh: np.ndarray, c0: int, c1: int) -> None:
-    """xh (hp, wp, C) = x3 (C, h, w) channels-last at rows pads[0].., columns pads[1]..,
-    zeros around it; channels c0..c1-1. numpy's strided copy, which releases the GIL: it
-    measured 0.14 ms for 64 x 56 x 56 against 0.36 for a numba loop."""
-    (pt, pl), (_, h, w) = pads, x3.shape
+def _pad_hwc(xv: np.ndarray, pads: tuple[int, int], xh: np.ndarray, c0: int, c1: int) -> None:
+    """xh (hp, wp, C) = xv (h, w, C: an NHWC image, or an NCHW one's transposed view) at
+    rows pads[0].., columns pads[1].., zeros around it; channels c0..c1-1. numpy's strided
+    copy, which releases the GIL: it measured 0.14 ms for 64 x 56 x 56 from NCHW against
+    0.36 for a numba loop."""
+    (pt, pl), (h, w, _) = pads, xv.shape
     xh[:pt, :, c0:c1] = 0
     xh[pt + h :, :, c0:c1] = 0
     xh[pt : pt + h, :pl, c0:c1] = 0
     xh[pt : pt + h, pl + w :, c0:c1] = 0
-    np.copyto(xh[pt : pt + h, pl : pl + w, c0:c1], x3[c0:c1].transpose(1, 2, 0))
+    np.copyto(xh[pt : pt + h, pl : pl + w, c0:c1], xv[:, :, c0:c1])
+
+
+Done = Callable[[int, int], None]  # (r0, r1): output rows r0..r1-1 of the image are written
+
+
+def image(
+    xv: np.ndarray,
+    u: np.ndarray,
+    bias: np.ndarray,
+    m: int,
+    pads: tuple[int, int],
+    out: tuple[np.ndarray, int, int, int, bool],
+    done: Done | None = None,
+) -> None:
+    """One image by F(m, 3): xv (h, w, C) (see `_pad_hwc`), the packed weight u, top/left
+    `pads`, plus bias (length M), into `out` = (y flat, M, OH, OW, hwc): y laid out (M,
+    OH, OW), or (OH, OW, M) when hwc. `done(r0, r1)` (a fused epilogue) runs on each part's
+    output rows as soon as they are written. The work arrays are the calling thread's
+    scratch, taken at the call (so a call bound earlier may run on any thread)."""
+    c = xv.shape[2]
+    yf, nm, oh, ow, hwc = out
+    a = m + 2
+    th, tw = -(-oh // m), -(-ow // m)
+    tiles = th * tw
+    hp, wp = th * m + 2, tw * m + 2
+    v = scratch((a * a, tiles, c), "Winograd input tiles")
+    mo = scratch((a * a, tiles, nm), "Winograd products", slot=1)
+    xh = scratch((hp * wp * c,), "Winograd padded input", slot=2)
+    xh3, vf, mf = xh.reshape(hp, wp, c), v.reshape(-1), mo.reshape(-1)
+    # four phases, each split over the threads: the copy by channels, the input tiles by
+    # tiles, the a*a GEMMs by their index, the output tiles by tile rows
+    _parallel.for_ranges(
+        lambda lo, hi: _pad_hwc(xv, pads, xh3, lo, hi), c, max(1, _GRAIN // (hp * wp))
+    )
+
+    def tiles_in(lo: int, hi: int) -> None:
+        rowt = np.empty(a * wp * c, np.float32)
+        _input_tiles(xh, c, wp, tw, m, lo, hi, rowt, vf, tiles)
+
+    _parallel.for_ranges(tiles_in, th, max(1, _GRAIN // (a * a * tw * c)))
+    _parallel.for_ranges(
+        lambda lo, hi: np.matmul(v[lo:hi], u[lo:hi], out=mo[lo:hi]),
+        a * a,
+        max(1, int(4e6 // (2.0 * nm * c * tiles))),
+    )
+
+    def tiles_out(lo: int, hi: int) -> None:
+        tmp = np.empty(a * m * tw * nm, np.float32)
+        rows = np.empty(m * tw * m * nm, np.float32)
+        _output_tiles(mf, nm, tw, m, lo, hi, oh, ow, bias, tmp, rows, yf, tiles, hwc)
+        if done is not None:
+            done(lo * m, min(hi * m, oh))
+
+    _parallel.for_ranges(tiles_out, th, max(1, _GRAIN // (a * a * tw * nm)))
 
 
 def conv(
@@ -249,43 +313,16 @@ def conv(
     top/left pads `pads` (bottom/right follow from y's size), plus bias (length M).
     `post(y, n, 0, M, q0, q1)` (a fused epilogue) runs on each part's output rows of
     image n, positions q0..q1-1, as soon as they are written."""
-    n, c = x.shape[:2]
+    n = x.shape[0]
     nm, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    a = m + 2
-    th, tw = -(-oh // m), -(-ow // m)
-    tiles = th * tw
-    hp, wp = th * m + 2, tw * m + 2
-    # the calling thread's scratch slots: V, M and the channels-last copy of one image
-    v = scratch((a * a, tiles, c), "Winograd input tiles")
-    mo = scratch((a * a, tiles, nm), "Winograd products", slot=1)
-    xh = scratch((hp * wp * c,), "Winograd padded input", slot=2)
-    xh3 = xh.reshape(hp, wp, c)
     x4, yf = np.ascontiguousarray(x), y.reshape(n, -1)
-    vf, mf = v.reshape(-1), mo.reshape(-1)
     for i in range(n):
-        # four phases, each split over the threads: the copy by channels, the input tiles
-        # by tiles, the a*a GEMMs by their index, the output tiles by tile rows
-        _parallel.for_ranges(
-            lambda lo, hi, i=i: _pad_hwc(x4[i], pads, xh3, lo, hi), c, max(1, _GRAIN // (hp * wp))
-        )
-
-        def tiles_in(lo: int, hi: int) -> None:
-            rowt = np.empty(a * wp * c, np.float32)
-            _input_tiles(xh, c, wp, tw, m, lo, hi, rowt, vf, tiles)
-
-        _parallel.for_ranges(tiles_in, th, max(1, _GRAIN // (a * a * tw * c)))
-        _parallel.for_ranges(
-            lambda lo, hi: np.matmul(v[lo:hi], u[lo:hi], out=mo[lo:hi]),
-            a * a,
-            max(1, int(4e6 // (2.0 * nm * c * tiles))),
-        )
-
-        def tiles_out(lo: int, hi: int, i: int = i) -> None:
-            tmp = np.empty(a * m * tw * nm, np.float32)
-            rows = np.empty(m * tw * m * nm, np.float32)
-            _output_tiles(mf, nm, tw, m, lo, hi, oh, ow, bias, tmp, rows, yf[i], tiles)
-            if post is not None:
-                post(y, i, 0, nm, lo * m * ow, min(hi * m, oh) * ow)
-
-        _parallel.for_ranges(tiles_out, th, max(1, _GRAIN // (a * a * tw * nm)))
+        done = None
+        if post is not None:
+            done = partial(_rows_done, post, y, i, nm, ow)
+        image(x4[i].transpose(1, 2, 0), u, bias, m, pads, (yf[i], nm, oh, ow, False), done)
     return y
+
+
+def _rows_done(post, y: np.ndarray, i: int, nm: int, ow: int, r0: int, r1: int) -> None:
+    post(y, i, 0, nm, r0 * ow, r1 * ow)
