@@ -1,7 +1,8 @@
 """x86 `workbench.FusedConvNHWC` (backends/x86/ops_conv_nhwc.py) against reference on odd
 shapes, with every thread split taken: depthwise with strides 1, 2, 3 and mixed,
 dilations, asymmetric and auto pads, a 5x3 kernel, channel counts that are not multiples
-of the vector width, batch 2; 1x1 by each GEMM algorithm; other convs of one group by
+of the vector width, batch 2; 1x1 by each GEMM algorithm and by the direct kernel for few
+outputs (pixel counts not a multiple of its 8, outputs not of its 32); other convs of one group by
 their windows and a GEMM (strides, dilations, a 7x7 stem); 3x3 stride-1 convs by
 Winograd F(2, 3) and F(4, 3) (partial tiles, asymmetric and auto pads, a bias given at run
 time, the bound call) and their selection; bias, residual, activations; the planner's
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench.engine.backends.x86 import autotune
+from workbench.engine.backends.x86 import autotune, pointwise_nhwc
 from workbench.testing import assert_close, node_model, run_node
 
 rng = np.random.default_rng(17)
@@ -86,6 +87,47 @@ def test_pointwise_by_each_gemm_matches_reference(gemm_alg):
     (got,) = step.run(feeds["in0"], w, b, feeds["in3"], out=(buf,))
     assert got.base is buf or got is buf
     assert_close(buf, want, rtol=1e-4, atol=1e-5)
+
+
+THIN = [
+    ((2, 19, 5, 7), (23, 19, 1, 1)),  # 70 pixels: 8 groups of 8 and 6 alone; a part vector
+    ((1, 7, 3, 3), (40, 7, 1, 1)),  # two blocks of 32 outputs, the second 8 wide
+    ((1, 33, 4, 4), (16, 33, 1, 1)),
+    ((1, 5, 1, 1), (1, 5, 1, 1)),  # one pixel, one output
+]
+
+
+@pytest.mark.parametrize("act", ["", "HardSwish", "Relu"])
+@pytest.mark.parametrize(("xs", "ws"), THIN)
+def test_pointwise_by_the_direct_kernel_matches_reference(xs, ws, act):
+    x, w, b = f32(*xs), f32(*ws), f32(ws[0])
+    z = f32(xs[0], ws[0], *xs[2:]) if act != "Relu" else None  # with and without a residual
+    attrs = {"activation": act} if act else {}
+    inputs = [_nhwc(x), w, b, None if z is None else _nhwc(z)]
+    model, feeds = node_model("FusedConvNHWC", inputs, attrs, domain="workbench", consts=(1, 2))
+    with autotune.settings(force={"FusedConvNHWC": "direct_1x1_nhwc"}):
+        sess = wb.Session(wb.load(model, check=False), "x86", level=0)
+    assert sess.plan.steps[0].kernel.algorithm == "direct_1x1_nhwc"
+    ref = wb.Session(wb.load(model, check=False), "reference", level=0)
+    for _ in range(3):  # bound to the arena's buffers from the second run on
+        feeds["in0"][...] = _nhwc(f32(*xs))  # new values in the same memory
+        assert_close(sess.run(feeds)["out0"], ref.run(feeds)["out0"], rtol=1e-4, atol=1e-5)
+
+
+def test_pointwise_direct_kernel_takes_a_bias_at_run_time_and_is_offered_for_few_outputs():
+    x, w, b = f32(1, 9, 6, 5), f32(21, 9, 1, 1), f32(21)
+    inputs = [_nhwc(x), w, b, None]
+    with autotune.settings(force={"FusedConvNHWC": "direct_1x1_nhwc"}):
+        model, feeds = node_model("FusedConvNHWC", inputs, {}, domain="workbench", consts=(1,))
+        sess = wb.Session(wb.load(model, check=False), "x86", level=0)
+    assert sess.plan.steps[0].kernel.algorithm == "direct_1x1_nhwc"
+    want = run_node("reference", "Conv", [x, w, b], {}, consts=(1, 2))[0]
+    for _ in range(2):
+        assert_close(sess.run(feeds)["out0"], _nhwc(want), rtol=1e-4, atol=1e-5)
+    # many outputs: BLAS's alone (the forced name is not a candidate there)
+    wide = f32(pointwise_nhwc.MAX_OUTPUTS + 1, 9, 1, 1)
+    step, _, _ = _compare(x, wide, None, None, {}, force={"FusedConvNHWC": "direct_1x1_nhwc"})
+    assert step.kernel.algorithm != "direct_1x1_nhwc"
 
 
 IM2COL = [
