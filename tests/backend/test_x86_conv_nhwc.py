@@ -222,6 +222,28 @@ def test_grouped_convolutions_are_declined_and_reference_runs_them():
     assert_close(sess.run(feeds)["out0"], _nhwc(want), rtol=1e-4, atol=1e-5)
 
 
+MAX_POOLS = [
+    ((2, 5, 11, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 17, 8, 7), {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 1, 0]}),
+    ((1, 70, 9, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 3, 10, 6), {"kernel_shape": [3, 2], "dilations": [2, 2], "auto_pad": "SAME_UPPER"}),
+]
+
+
+@pytest.mark.parametrize(("xs", "attrs"), MAX_POOLS)
+def test_max_pool_nhwc_matches_reference(xs, attrs):
+    x = f32(*xs)
+    x[0, 0, 1, 1] = np.nan  # a NaN in a window is its max, as in the reference
+    model, feeds = node_model("MaxPoolNHWC", [_nhwc(x)], attrs, domain="workbench")
+    sess = wb.Session(wb.load(model, check=False), "x86", level=0)
+    assert not sess.plan.fallbacks
+    want = _nhwc(run_node("reference", "MaxPool", [x], attrs)[0])
+    for _ in range(2):  # the second run into the arena's buffer
+        got = sess.run(feeds)["out0"]
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [0, 1, 3, 2]])
 @pytest.mark.parametrize("channels", [37, 1, 2, 3, 4, 5])
 def test_layout_transposes_match_numpy(perm, channels):

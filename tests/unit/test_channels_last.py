@@ -246,6 +246,53 @@ def test_a_chain_without_depthwise_moves_where_the_backend_gains(monkeypatch):
     assert "workbench.FusedConvNHWC" not in op_names(result.after)
 
 
+def _stem_and_pool(pool_attrs: dict, indices: bool = False) -> wb.Model:
+    """ResNet's head: a 7x7 stride-2 stem conv, Relu, a MaxPool, then two convs."""
+    pool_out = ["p", "pi"] if indices else ["p"]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem_w"], ["s"], name="stem", strides=[2, 2], pads=[3] * 4),
+        helper.make_node("Relu", ["s"], ["sr"], name="stem_relu"),
+        helper.make_node("MaxPool", ["sr"], pool_out, name="pool", **pool_attrs),
+        helper.make_node("Conv", ["p", "a_w"], ["a"], name="a"),
+        helper.make_node("Conv", ["a", "b_w"], ["y"], name="b", pads=[1] * 4),
+    ]
+    inits = {"stem_w": _w(8, 3, 7, 7), "a_w": _w(6, 8, 1, 1), "b_w": _w(5, 6, 3, 3)}
+    outputs = [("y", ["n", 5, "h", "w"])] + ([("pi", ["n", 8, "h", "w"])] if indices else [])
+    return graph_model(nodes, [("x", [1, 3, 21, 19])], outputs, inits, opset=17)
+
+
+@pytest.mark.parametrize(
+    "pool_attrs",
+    [
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+        {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 1, 0], "ceil_mode": 1},
+        {"kernel_shape": [3, 3], "dilations": [2, 1], "auto_pad": "SAME_UPPER"},
+    ],
+)
+def test_a_max_pool_between_convolutions_joins_their_region(monkeypatch, pool_attrs):
+    """The stem, its pool and the convs after it run channels-last: the one transpose in
+    is the 3-channel image's; outputs equal reference's."""
+    monkeypatch.setattr(X86Backend, "channels_last_any_chain", True)
+    model = _stem_and_pool(pool_attrs)
+    result = optimize(model, level=3, backend="x86", strict=True)
+    ops = Counter(op_names(result.after))
+    assert ops["workbench.MaxPoolNHWC"] == 1 and ops["workbench.FusedConvNHWC"] == 3
+    assert ops["Transpose"] == 2 and "MaxPool" not in ops
+    (first,) = [n for n in result.after.graph.nodes if n.op_type == "Transpose"][:1]
+    assert first.inputs[0].name == "x"  # the image's 3 channels, not the pool's 8
+    _check(model, result)
+    _level_3_matches_reference(model, seed=4, atol=1e-5)
+
+
+def test_a_max_pool_with_indices_stays_nchw_and_splits_the_chain(monkeypatch):
+    monkeypatch.setattr(X86Backend, "channels_last_any_chain", True)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    result = optimize(_stem_and_pool(attrs, indices=True), level=3, backend="x86", strict=True)
+    ops = Counter(op_names(result.after))
+    assert "workbench.MaxPoolNHWC" not in ops and ops["MaxPool"] == 1
+    assert ops["workbench.FusedConvNHWC"] == 2  # the two after it; the stem alone stays
+
+
 def test_x86_moves_any_chain_exactly_when_mkl_is_there():
     assert X86Backend().channels_last_any_chain is _mkl.available()
     model = wb.load(zoo.get("tiny_resnet"))

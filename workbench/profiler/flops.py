@@ -263,7 +263,7 @@ def _lrn(node: Node, ins: Specs, outs: Specs) -> float:
 # -- pools and resampling ----------------------------------------------------------------------
 
 
-@rule("MaxPool", "AveragePool", "LpPool", "MaxRoiPool")
+@rule("MaxPool", "AveragePool", "LpPool", "MaxRoiPool", "workbench:MaxPoolNHWC")
 def _pool(node: Node, ins: Specs, outs: Specs) -> float:
     window = math.prod(node.attrs.get("kernel_shape", [1]))
     per = 2 if node.op_type == "LpPool" else 1

@@ -127,6 +127,18 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn:
     return run
 
 
+@kernels.register("MaxPoolNHWC", domain="workbench", since=1)
+def max_pool_nhwc(node: Node, ctx: CompileContext) -> KernelFn:
+    """MaxPool on channels-last X and Y: the NCHW MaxPool between transposes."""
+    pool = _plain("MaxPool", 1, dict(node.attrs), node, ctx)
+
+    def run(x):
+        (y,) = pool(np.transpose(x, (0, 3, 1, 2)))
+        return (np.ascontiguousarray(np.transpose(y, (0, 2, 3, 1))),)
+
+    return run
+
+
 @kernels.register("FusedGemm", domain="workbench", since=1)
 def fused_gemm(node: Node, ctx: CompileContext) -> KernelFn:
     """Y = act(Gemm(A, B, C))."""

@@ -401,6 +401,64 @@ def max_pool(node: Node, ctx: CompileContext) -> Callable | None:
     return run
 
 
+@njit
+def _maxpool_hwc(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, low, y):
+    """Max over each window of x (H, W, C) into output rows r0..r1-1 of y (OH, OW, C), both
+    flat: per output pixel a run of C maxima, each tap one vector compare over C (a NaN
+    in a window is its max, as in the reference). A window with no tap inside is `low`."""
+    for i in range(r0, r1):
+        for j in range(ow):
+            d = (i * ow + j) * c
+            for k in range(c):
+                y[u64(d + k)] = low
+            for a in range(kh):
+                ii = i * sh - pt + a * dh
+                if ii < 0 or ii >= h:
+                    continue
+                for e in range(kw):
+                    jj = j * sw - pl + e * dw
+                    if jj < 0 or jj >= w:
+                        continue
+                    src = (ii * w + jj) * c
+                    for k in range(c):
+                        y[u64(d + k)] = _nanmax(x[u64(src + k)], y[u64(d + k)])
+
+
+@kernels.register("MaxPoolNHWC", domain="workbench", since=1)
+def max_pool_nhwc(node: Node, ctx: CompileContext) -> Callable | None:
+    """MaxPool of channels-last X [N, H, W, C] (the channels_last pass's, 2-D): output rows
+    split over the threads, each pixel's C channels one vector loop."""
+    if declines_dtype(node):
+        return None
+    kernel = [int(k) for k in node.attrs.get("kernel_shape") or ()]
+    if len(kernel) != 2:
+        return None
+    geom = _geom_getter(dict(node.attrs), kernel)
+
+    def run(x, out=None):
+        if x.ndim != 4:
+            raise ValueError(f"MaxPoolNHWC needs a 4-D [N, H, W, C] input, got {list(x.shape)}")
+        n, h, w, c = x.shape
+        g = geom((h, w))
+        kh, kw, sh, sw, dh, dw, pt, pl, _, _ = _as_2d(g)
+        oh, ow = g.out
+        o = dest(out)
+        y = np.empty((n, oh, ow, c), x.dtype) if o is None else o
+        low = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
+        xf, yf = np.ascontiguousarray(x).reshape(n, -1), y.reshape(n, -1)
+        for b in range(n):
+
+            def rows(lo: int, hi: int, b: int = b) -> None:
+                _maxpool_hwc(xf[b], h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, low, yf[b])
+
+            _parallel.for_ranges(rows, oh, max(1, (1 << 15) // max(1, ow * kh * kw * c)))
+        return (y,)
+
+    run.algorithm = "window_loop_nhwc"
+    run.writes_out = True
+    return run
+
+
 @kernels.register("GlobalAveragePool", since=1)
 def global_average_pool(node: Node, ctx: CompileContext) -> Callable | None:
     if declines_dtype(node):

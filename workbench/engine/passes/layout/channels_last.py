@@ -18,7 +18,11 @@ once; values read outside it (or graph outputs) are transposed back once, under 
 own names, so everything outside the region, and every comparison by value name, sees
 what it saw before. A GlobalAveragePool of a region's output is done channels-last
 instead (a ReduceMean over H and W, then its C values turned to [N, C, 1, 1] under the
-pool's output name), so the whole output is never transposed back for it. A region
+pool's output name), so the whole output is never transposed back for it. A 2-D MaxPool
+joins the region of the convolutions it reads from or feeds and becomes a
+`workbench.MaxPoolNHWC` (max over each window of C-vectors): ResNet's 7x7 stem and its
+pool then run channels-last with the rest, and the one transpose in is the 3-channel
+image's, not the pool's 64-channel output's. A region
 needs two convolutions, and a depthwise one unless the backend's
 `channels_last_any_chain` is set (x86 with MKL: its channels-last GEMM, by a weight
 packed once, beats its NCHW ones, so ResNets move too); a lone conv would pay two
@@ -56,6 +60,26 @@ FUSED_CONV_NHWC = define_op(
     replaces="Transpose(FusedConv(Transpose(X), W, B, Transpose(Z)))",
 )
 
+_POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
+
+MAX_POOL_NHWC = define_op(
+    "MaxPoolNHWC",
+    "MaxPool on channels-last tensors: X [N, H, W, C] -> Y [N, OH, OW, C], 2-D windows, "
+    "no Indices output. The channels_last pass (opt level 3) emits it for a MaxPool "
+    "between convolutions of a region (ResNet's stem), which then joins them.",
+    inputs=[("X", "[N, H, W, C]")],
+    outputs=[("Y", "[N, OH, OW, C]")],
+    attributes={
+        "auto_pad": "string: as MaxPool (default NOTSET)",
+        "ceil_mode": "int: as MaxPool (default 0)",
+        "dilations": "ints: as MaxPool",
+        "kernel_shape": "ints: as MaxPool (2-D)",
+        "pads": "ints: as MaxPool",
+        "strides": "ints: as MaxPool",
+    },
+    replaces="Transpose(MaxPool(Transpose(X)))",
+)
+
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 RULE = "channels_last"
 
@@ -81,7 +105,24 @@ def conv_kind(w_shape: tuple, x_shape: tuple | None, attrs: dict, group: int) ->
     return "im2col" if group == 1 else None
 
 
+def _max_pool(node: Node) -> bool:
+    """A 2-D MaxPool of one output (no Indices) in row-major storage on a 4-D input."""
+    x = node.inputs[0] if node.inputs else None
+    return (
+        node.op_type == "MaxPool"
+        and node.domain in ("", "ai.onnx")
+        and len([v for v in node.outputs if v is not None and v.name]) == 1
+        and len(node.attrs.get("kernel_shape") or ()) == 2
+        and not node.attrs.get("storage_order", 0)
+        and x is not None
+        and x.shape is not None
+        and len(x.shape) == 4
+    )
+
+
 def _kind(node: Node) -> str | None:
+    if _max_pool(node):
+        return "pool"
     if node.domain not in ("", "ai.onnx", "workbench"):
         return None
     if (node.domain == "workbench") != (node.op_type == "FusedConv") or node.op_type not in (
@@ -152,7 +193,8 @@ class ChannelsLastPass(Pass):
             kind = _kind(n)
             if kind is None:
                 continue
-            reason = native_reason(ctx, "FusedConvNHWC", n.outputs[0])
+            op = "MaxPoolNHWC" if kind == "pool" else "FusedConvNHWC"
+            reason = native_reason(ctx, op, n.outputs[0])
             if reason:
                 rejected.append(Rejection(self.name, RULE, (n.name,), reason))
                 continue
@@ -171,10 +213,11 @@ class ChannelsLastPass(Pass):
         for group in groups.values():
             names = tuple(n.name for n in group)
             depthwise = "depthwise" in {kinds[id(n)] for n in group}
-            if len(group) < 2 or not (depthwise or any_chain):
+            convs = sum(kinds[id(n)] != "pool" for n in group)  # (a pool joins, never alone)
+            if convs < 2 or not (depthwise or any_chain):
                 why = (
                     "a lone convolution: two transposes would cost more than channels-last saves"
-                    if len(group) < 2
+                    if convs < 2
                     else "no depthwise convolution in the chain, and this backend's "
                     "channels-last GEMM gains nothing over its NCHW one"
                 )
@@ -188,7 +231,8 @@ class ChannelsLastPass(Pass):
 
 
 def _rewrite(graph: Graph, chosen: list[Node], pass_name: str, opset: int) -> list[Change]:
-    """Replace the chosen convolutions (in graph order) with FusedConvNHWC nodes."""
+    """Replace the chosen convolutions (in graph order) with FusedConvNHWC nodes, and
+    their MaxPools with MaxPoolNHWC ones."""
     inside = {id(n) for n in chosen}
     nhwc: dict[str, Value] = {}  # NCHW value name -> its channels-last twin
     changes: list[Change] = []
@@ -209,15 +253,21 @@ def _rewrite(graph: Graph, chosen: list[Node], pass_name: str, opset: int) -> li
             ins[i] = twin
         y = old.outputs[0]
         y_nhwc = _permuted(y, TO_NHWC, f"{y.name}/nhwc")
-        attrs = dict(old.attrs)
+        attrs, op = dict(old.attrs), "FusedConvNHWC"
+        if _max_pool(old):
+            attrs, op, ins = (
+                {k: v for k, v in attrs.items() if k in _POOL_ATTRS},
+                "MaxPoolNHWC",
+                ins[:1],
+            )
         new = Node(
-            "FusedConvNHWC",
+            op,
             ins,
             [y_nhwc],
             attrs,
             name=f"{old.name}/nhwc",
             domain="workbench",
-            attr_types=dict(old.attr_types),
+            attr_types={k: t for k, t in old.attr_types.items() if k in attrs},
         )
         new.meta["origin"] = origin_of([old])
         new.meta["fused_from"] = (old.name,)
