@@ -58,6 +58,13 @@ def _put(y, at, left, acc):  # pragma: no cover - compiled
             y[at + t] = lane(acc, t)
 
 
+@njit(fastmath=CONTRACT)
+def _put2(y, at, left, acc0, acc1):  # pragma: no cover - compiled
+    """One pixel's two vectors (32 channels from `at`, `left` of them real) into y."""
+    _put(y, at, left, acc0)
+    _put(y, at + 16, left - 16, acc1)
+
+
 # fmt: off
 @njit(fastmath=CONTRACT)
 def _direct_hwc(x, wp, bp, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, m, r0, r1, y,
@@ -105,14 +112,10 @@ def _direct_hwc(x, wp, bp, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, m, r0, 
                                 s21 = fma(x2, w1, s21)
                                 s30 = fma(x3, w0, s30)
                                 s31 = fma(x3, w1, s31)
-                    _put(y, d, left, s00)
-                    _put(y, d + 16, left - 16, s01)
-                    _put(y, d + m, left, s10)
-                    _put(y, d + m + 16, left - 16, s11)
-                    _put(y, d + 2 * m, left, s20)
-                    _put(y, d + 2 * m + 16, left - 16, s21)
-                    _put(y, d + 3 * m, left, s30)
-                    _put(y, d + 3 * m + 16, left - 16, s31)
+                    _put2(y, d, left, s00, s01)
+                    _put2(y, d + m, left, s10, s11)
+                    _put2(y, d + 2 * m, left, s20, s21)
+                    _put2(y, d + 3 * m, left, s30, s31)
                     j += 4
                 else:  # an edge pixel: its taps checked
                     s0 = load(bp, v)
@@ -129,8 +132,7 @@ def _direct_hwc(x, wp, bp, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, m, r0, 
                                 xv = splat(x[src + k])
                                 s0 = fma(xv, load(wp, wb + k * mp), s0)
                                 s1 = fma(xv, load(wp, wb + k * mp + 16), s1)
-                    _put(y, d, left, s0)
-                    _put(y, d + 16, left - 16, s1)
+                    _put2(y, d, left, s0, s1)
                     j += 1
         if finish:
             _epilogue_tile(y, zero, z, m, i * ow, (i + 1) * ow, 0, m, act, p0, p1)

@@ -23,7 +23,7 @@ from numba import prange
 from . import _native
 from ._numba import CONTRACT, njit, u64
 from ._vec16 import fma, load, splat
-from .direct_nhwc import BLOCK, _put, pad_bias
+from .direct_nhwc import BLOCK, _put2, pad_bias
 from .ops_fused_conv import _epilogue_tile
 
 MAX_OUTPUTS = 160  # offered for at most this many output channels (see ops_conv_nhwc.py)
@@ -83,22 +83,14 @@ def _rows(x, wp, bp, c, m, r0, r1, y, z, zero, act, p0, p1, finish):  # pragma: 
                     s61 = fma(x6, w1, s61)
                     s70 = fma(x7, w0, s70)
                     s71 = fma(x7, w1, s71)
-                _put(y, d, left, s00)
-                _put(y, d + 16, left - 16, s01)
-                _put(y, d + m, left, s10)
-                _put(y, d + m + 16, left - 16, s11)
-                _put(y, d + 2 * m, left, s20)
-                _put(y, d + 2 * m + 16, left - 16, s21)
-                _put(y, d + 3 * m, left, s30)
-                _put(y, d + 3 * m + 16, left - 16, s31)
-                _put(y, d + 4 * m, left, s40)
-                _put(y, d + 4 * m + 16, left - 16, s41)
-                _put(y, d + 5 * m, left, s50)
-                _put(y, d + 5 * m + 16, left - 16, s51)
-                _put(y, d + 6 * m, left, s60)
-                _put(y, d + 6 * m + 16, left - 16, s61)
-                _put(y, d + 7 * m, left, s70)
-                _put(y, d + 7 * m + 16, left - 16, s71)
+                _put2(y, d, left, s00, s01)
+                _put2(y, d + m, left, s10, s11)
+                _put2(y, d + 2 * m, left, s20, s21)
+                _put2(y, d + 3 * m, left, s30, s31)
+                _put2(y, d + 4 * m, left, s40, s41)
+                _put2(y, d + 5 * m, left, s50, s51)
+                _put2(y, d + 6 * m, left, s60, s61)
+                _put2(y, d + 7 * m, left, s70, s71)
             else:
                 s0 = load(bp, v)
                 s1 = load(bp, v + 16)
@@ -106,8 +98,7 @@ def _rows(x, wp, bp, c, m, r0, r1, y, z, zero, act, p0, p1, finish):  # pragma: 
                     xv = splat(x[u64(i * c + k)])
                     s0 = fma(xv, load(wp, k * mp + v), s0)
                     s1 = fma(xv, load(wp, k * mp + v + 16), s1)
-                _put(y, d, left, s0)
-                _put(y, d + 16, left - 16, s1)
+                _put2(y, d, left, s0, s1)
         if finish:
             _epilogue_tile(y, zero, z, m, i, i + n, 0, m, act, p0, p1)
         i += n
