@@ -436,11 +436,11 @@ def _ints(attrs: dict, name: str) -> tuple[int, ...]:
 def _among(
     node: Node, w: np.ndarray, im2col: KernelFn, others: dict[str, Callable[[], KernelFn]]
 ) -> KernelFn:
-    """Of windows + GEMM and the `others` (name -> builder: the direct kernel for few
-    channels, Winograd for 3x3 stride 1), the one measured fastest on one image of the
-    node's shapes (all work image by image; autotune.select: cached on disk, forced by
-    WORKBENCH_ALGORITHM); windows + GEMM where an image's shape is not known when
-    compiling."""
+    """Of the GEMM kernel `im2col` (windows + GEMM, or a 1x1's plain GEMM) and the
+    `others` (name -> builder: the direct kernels for few input channels or few outputs,
+    Winograd for 3x3 stride 1), the one measured fastest on one image of the node's shapes
+    (autotune.select: cached on disk, forced by WORKBENCH_ALGORITHM); the GEMM kernel
+    where an image's shape is not known when compiling."""
     s = node.inputs[0].shape
     if s is None or len(s) != 4 or not all(isinstance(d, int) and d > 0 for d in s[1:]):
         return im2col
