@@ -448,6 +448,49 @@ def test_mkl_packs_count_the_pages_they_fill():
     assert autotune.held(builders["gemm"]()) == 0
 
 
+@pytest.mark.skipif(not _mkl.available(), reason="the mkl extra is not installed")
+def test_a_weight_made_for_the_product_is_held_only_where_read():
+    """A conv's reordered weight (`_gemm_builders(bm, source)`): the candidates reading it
+    per call hold it and say so; the packed ones keep only their packs (a range packed
+    later is packed from a fresh copy), and the depth split's packs weigh one pack, not
+    the column split's two padded ones."""
+    import gc
+    import weakref
+
+    from workbench.engine.backends.x86 import ops_gemm
+
+    w = f32(384, 384)
+    made = []
+
+    def source() -> np.ndarray:
+        made.append(1)
+        return w.copy()
+
+    bm = source()
+    alive = weakref.ref(bm)
+    builders = ops_gemm._gemm_builders(bm, source, rows=64)
+    plain, packed = builders["gemm"](), builders["mkl_packed"]()
+    cols, depth = builders["mkl_packed_cols"](), builders["mkl_packed_k"]()
+    assert autotune.held(plain) == w.nbytes
+    assert autotune.held(packed) == _mkl.PackedB(w).resident()
+    del plain, builders, bm
+    gc.collect()
+    assert alive() is None  # the packed candidates kept no copy of their own
+    x = f32(64, 384)
+    saved = _threads.current()
+    _threads.apply(2)  # two ranges each: packed on the first call, from source()
+    try:
+        with _parallel.always_split():
+            for fn in (packed, cols, depth):
+                out = np.full((64, 384), np.nan, np.float32)
+                fn(x, out)
+                assert_close(out, x @ w, rtol=1e-4, atol=1e-3)
+    finally:
+        _threads.apply(saved)
+    assert len(made) == 3  # bm, then one copy per split candidate's first call
+    assert autotune.held(depth) < 0.75 * autotune.held(cols)
+
+
 @pytest.mark.parametrize("how", ["settings", "env"])
 def test_selection_disabled_takes_the_heuristic(how, monkeypatch):
     xs, ws, attrs = BIG

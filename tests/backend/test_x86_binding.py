@@ -96,6 +96,31 @@ def test_bound_steps_read_their_inputs_anew_on_every_run():
     assert _bound_ops(sess) == ["stem", "dw", "pw", "mm"]
 
 
+def test_bound_convs_share_their_windows_buffer():
+    """Two windows + GEMM convs bound to one arena take their windows from the arena's
+    one work buffer (`BindScratch`), which the larger asks for; they run one after
+    another, so each run on new feeds still matches the reference."""
+    c, m = 5, 6
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="in_relu"),
+        _conv("c1", ["a", "w1", "b1"], "s", strides=[2, 2], pads=[1, 1, 1, 1]),
+        _conv("c2", ["s", "w2", "b2"], "t", strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["t"], ["y"], name="out_relu"),
+    ]
+    inits = {"w1": f32(m, c, 3, 3), "b1": f32(m), "w2": f32(m, m, 3, 3), "b2": f32(m)}
+    shapes = [("a", [1, 11, 9, c]), ("s", [1, 6, 5, m]), ("t", [1, 3, 3, m])]
+    model = graph_model(nodes, [("x", [1, 11, 9, c])], [("y", [1, 3, 3, m])], inits, shapes)
+    sess = wb.Session(model, "x86", level=0)
+    ref = wb.Session(model, "reference", level=0)
+    feeds = [{"x": f32(1, 11, 9, 5)} for _ in range(3)]
+    sess.run(feeds[0])  # records the shapes; the next run binds
+    for f in feeds + feeds[::-1]:
+        assert_close(sess.run(f)["y"], ref.run(f)["y"], rtol=1e-4, atol=1e-5)
+    assert _bound_ops(sess) == ["c1", "c2"]
+    (buf,) = sess.memory.scratch._bufs.values()
+    assert buf.size == 6 * 5 * 3 * 3 * c  # c1's windows: 30 pixels x 45 (c2's: 9 x 54)
+
+
 def test_each_gemm_algorithm_binds(gemm_alg):
     model = _chain()
     with autotune.settings(force={"MatMul": gemm_alg}):

@@ -21,7 +21,7 @@ import onnx
 
 from ..errors import AllocationError, FeedError, KernelError, WorkbenchError
 from .backends import get_backend
-from .backends.base import CompileContext
+from .backends.base import CompileContext, bind_with
 from .feeds import check_feeds, random_feeds
 from .ir import Value
 from .memory import MemoryPlan, Recorder, plan_memory, signature
@@ -166,7 +166,7 @@ def _execute_arena(
             else:
                 args = [env[j] for j in ins]
                 if call is None:  # bindable, not bound yet: bound now, to this run's arrays
-                    call = calls[i] = step.run.bind(*args, out=out) or False
+                    call = calls[i] = bind_with(memory, step.run.bind, *args, out=out) or False
                 if call:
                     res = call()
                 else:

@@ -205,6 +205,7 @@ class MemoryPlan:
     _bindable: list[bool] = field(default_factory=list, repr=False)
     _calls: list[Any] | None = field(default=None, repr=False)
     _calls_token: Any = field(default=None, repr=False)
+    scratch: Any = field(default=None, repr=False)  # the bound calls' (backends/base.py)
 
     @property
     def ratio(self) -> float:

@@ -50,6 +50,7 @@ would not land in the given buffers (a copy made of an input, a fresh output).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,51 @@ def returning(call: Callable[[], object], result: tuple) -> Callable[[], tuple]:
         return result
 
     return bound
+
+
+class BindScratch:
+    """Work arrays shared by the calls bound to one arena (a `MemoryPlan`'s, see the module
+    docstring). Those calls run one after another (a session runs its arena one run at a time,
+    a step at a time), so one buffer per slot, as large as the largest request, serves them
+    all: a bound call may not take the calling thread's scratch (`_numba.scratch`), since
+    another session on that thread may hold it when the call runs, and a buffer of its own
+    per call added up to 25 MiB of windows on ResNet-50. A call that needs two work arrays
+    at once takes the second from another slot."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[int, np.ndarray] = {}
+
+    def take(self, shape: Sequence[int], slot: int = 0) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64))
+        buf = self._bufs.get(slot)
+        if buf is None or buf.size < n:  # (calls bound before keep the smaller one)
+            buf = self._bufs[slot] = np.empty(n, np.float32)
+        return buf[:n].reshape(shape)
+
+
+_binding: ContextVar[BindScratch | None] = ContextVar("workbench_binding", default=None)
+
+
+def bind_with(owner: Any, bind: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`bind(*args, **kwargs)` (a kernel's `run.bind`) with `bind_scratch` handing out the
+    work arrays of `owner.scratch` (a `BindScratch`, made on first use): the executor binds
+    each call of an arena (`owner`, its `MemoryPlan`) so."""
+    if owner.scratch is None:
+        owner.scratch = BindScratch()
+    token = _binding.set(owner.scratch)
+    try:
+        return bind(*args, **kwargs)
+    finally:
+        _binding.reset(token)
+
+
+def bind_scratch(shape: Sequence[int], slot: int = 0) -> np.ndarray:
+    """A float32 work array for a call being bound: shared with the other calls bound to
+    the same arena (`BindScratch`); a fresh one when nothing is being bound."""
+    scratch = _binding.get()
+    if scratch is None:
+        return np.empty(tuple(shape), np.float32)
+    return scratch.take(shape, slot)
 
 
 def deliver(into: np.ndarray | None, value: Any) -> Any:

@@ -245,31 +245,114 @@ def packed_rows_call(
     return partial(_rows, _compute(), a, ta, lda, packed.k, buf, packed.n, y, _bounds(parts), *epi)
 
 
+def packed_ranges(
+    packs: dict, weight: Callable[[], np.ndarray], parts: list, by_rows: bool
+) -> list[_mkl.PackedB]:
+    """The packs of B's column ranges `parts` (or its row ranges: by_rows), each packed
+    on its first use into `packs` ((lo, hi) -> PackedB) from `weight()`, B itself or a
+    fresh copy of it: a kernel that owns a copy of its weight need not keep it beside the
+    packs (its product's candidates are built from `_gemm_builders(bm, source)`)."""
+    missing = [part for part in parts if part not in packs]
+    if missing:
+        bm = weight()
+        for lo, hi in missing:
+            packs.setdefault((lo, hi), _mkl.PackedB(bm[lo:hi] if by_rows else bm[:, lo:hi]))
+    return [packs[part] for part in parts]
+
+
 def packed_cols_call(
-    packs: dict, bm: np.ndarray, x2: np.ndarray, o2: np.ndarray, post, grain: int
+    packs: dict,
+    weight: Callable[[], np.ndarray],
+    x2: np.ndarray,
+    o2: np.ndarray,
+    post,
+    grain: int,
 ) -> Callable[[], object] | None:
-    """o2 = x2 @ bm and `post` on o2, bm's columns split over numba's threads, each range
-    packed once into `packs` ((lo, hi) -> PackedB), as a call of no arguments (see
-    `packed_rows_call`); None where the pool must do it."""
+    """o2 = x2 @ B and `post` on o2, B's columns split over numba's threads, each range
+    packed once (`packed_ranges`), as a call of no arguments (see `packed_rows_call`);
+    None where the pool must do it."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
         return None
-    m, (k, n) = x2.shape[0], bm.shape
+    m, (k, n) = x2.shape[0], (x2.shape[1], o2.shape[1])
     if m == 0:
         return _nothing
     parts = _parallel.split(n, grain, align=16)
-    bufs = np.empty(len(parts), np.uint64)
-    for i, (lo, hi) in enumerate(parts):
-        packed = packs.get((lo, hi))
-        if packed is None:
-            packed = packs.setdefault((lo, hi), _mkl.PackedB(bm[:, lo:hi]))
-        bufs[i] = packed.buf.ctypes.data
+    packed = packed_ranges(packs, weight, parts, False)
+    bufs = np.array([p.buf.ctypes.data for p in packed], np.uint64)
     ta, lda = _mkl._operand(x2)
     y, a = o2.reshape(-1), x2.ctypes.data
     # (the packed ranges stay alive in `packs`, which the product keeps as long as the call)
     if len(parts) == 1:
         return partial(_packed_part, _compute(), a, ta, lda, k, bufs[0], n, y, 0, m, 0, n, *epi)
     return partial(_cols, _compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
+
+
+# fmt: off
+@njit(parallel=True, fastmath=CONTRACT)
+def _depths(fp, a, ta, lda, m, ks, bufs, n, ys):  # pragma: no cover - compiled
+    """Part t: ys[t] (m, n) = A's columns ks[t]..ks[t+1]-1 @ B's rows of that range,
+    packed at bufs[t]."""
+    for t in prange(bufs.size):
+        k0, k1 = ks[t], ks[t + 1]
+        first = k0 if ta == _NO_TRANS else k0 * lda
+        fp(_ROW_MAJOR, ta, _PACKED, m, n, k1 - k0, u64(a + first * 4), lda, u64(bufs[t]), n,
+           0.0, u64(ys[t]), n)
+
+
+@njit(parallel=True, fastmath=CONTRACT)
+def _depth_sums(y, s, n, bounds, b, z, act, p0, p1, epi):  # pragma: no cover - compiled
+    """y += the partial products s (parts - 1, m * n), in order, then the epilogue; y's
+    rows split over the threads at `bounds`."""
+    for t in prange(bounds.size - 1):
+        r0, r1 = bounds[t], bounds[t + 1]
+        for q in range(s.shape[0]):
+            for i in range(r0 * n, r1 * n):
+                y[i] += s[q, i]
+        if epi:
+            _epilogue_tile(y, b, z, n, r0, r1, 0, n, act, p0, p1)
+# fmt: on
+
+
+def _depth_call(head: tuple, tail: tuple) -> None:
+    _depths(*head)
+    _depth_sums(*tail)
+
+
+def packed_depth_call(
+    packs: dict,
+    weight: Callable[[], np.ndarray],
+    x2: np.ndarray,
+    o2: np.ndarray,
+    post,
+    grain: int,
+) -> Callable[[], object] | None:
+    """o2 = x2 @ B and `post` on o2 with the depth K split over numba's threads: each
+    part multiplies its range of x2's columns by its range of B's rows (packed once,
+    `packed_ranges`) into o2 or a partial product of its own, which are then added to o2
+    in order. Every part has all of x2's rows and all of B's columns: on few rows (7x7
+    pixels) that keeps MKL as fast as the column split, whose two packs are each padded
+    to 512 columns, while the row ranges' packs together weigh one. A call of no
+    arguments (see `packed_rows_call`); None where the pool must do it."""
+    epi = _epilogue(post)
+    if epi is None or not o2.flags.c_contiguous or not available():
+        return None
+    m, (k, n) = x2.shape[0], (x2.shape[1], o2.shape[1])
+    if m == 0:
+        return _nothing
+    parts = _parallel.split(k, grain, align=16)
+    packed = packed_ranges(packs, weight, parts, True)
+    ta, lda = _mkl._operand(x2)
+    y, a = o2.reshape(-1), x2.ctypes.data
+    if len(parts) == 1:
+        return partial(_packed_part, _compute(), a, ta, lda, k, packed[0].buf.ctypes.data, n, y,
+                       0, m, 0, n, *epi)  # fmt: skip
+    sums = np.empty((len(parts) - 1, m * n), np.float32)  # (kept by the call)
+    bufs = np.array([p.buf.ctypes.data for p in packed], np.uint64)
+    ys = np.array([y.ctypes.data] + [s.ctypes.data for s in sums], np.uint64)
+    rows = _bounds(_parallel.split(m, 1))
+    head = (_compute(), a, ta, lda, m, _bounds(parts), bufs, n, ys)
+    return partial(_depth_call, head, (y, sums, n, rows, *epi))
 
 
 def _nothing() -> None:
@@ -320,6 +403,7 @@ def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[
 
 
 __all__ = [
-    "available", "conv_gemm", "depthwise_call", "packed_cols_call", "packed_rows_call",
+    "available", "conv_gemm", "depthwise_call", "packed_cols_call", "packed_depth_call",
+    "packed_ranges", "packed_rows_call",
     "rows_call", "why",
 ]  # fmt: skip

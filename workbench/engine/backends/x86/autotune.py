@@ -73,7 +73,7 @@ MEMORY_SLACK = float(os.environ.get("WORKBENCH_MEMORY_SLACK", "0.03"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 9
+CACHE_VERSION = 10
 
 Builder = Callable[[], Callable[..., Any]]
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..base import dest, returning
+from ..base import bind_scratch, dest, returning
 from . import (
     _native,
     _parallel,
@@ -163,6 +163,7 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
     run.bind = bind
     run.listeners, run.candidates, run.suffix = [], {}, "_nhwc"
     run.algorithm = "gemm_nhwc"
+    run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
     product = _TunedProduct("MatMul", bm, run)
     shape = node.inputs[0].shape
     rows = _static_rows(node) if shape is not None and len(shape) == 4 else None
@@ -209,7 +210,10 @@ def _im2col(
     """Any 2-D conv of one group: the windows gathered channels-last into a (pixels,
     kh*kw*C) matrix, then one GEMM by the weight as (kh*kw*C, M), which writes NHWC."""
     m, c, kh, kw = w.shape
-    bm = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * c, m), np.float32)
+
+    def bm() -> np.ndarray:  # (made for each selection: kept by the algorithms reading it)
+        return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(-1, m), np.float32)
+
     geoms: dict[tuple, _ConvGeom] = {}
 
     def steps(x, b, z, out, bound: bool) -> tuple:
@@ -222,10 +226,10 @@ def _im2col(
         xf = np.ascontiguousarray(x).reshape(n, -1)
         bv = bias if bias is not None else _vector(b, m, "FusedConvNHWC B")
         zz = _full(z, shape, "FusedConvNHWC residual Z")
-        # a bound call gets a buffer of its own: this thread's scratch may be in use by
-        # another session's kernel when the bound call runs on another thread
+        # a bound call takes its arena's (this thread's scratch may be in use by another
+        # session's kernel when the bound call runs on another thread)
         if bound:
-            col = np.empty((p, kh * kw * c), np.float32)
+            col = bind_scratch((p, kh * kw * c))
         else:
             col = scratch((p, kh * kw * c), "FusedConvNHWC windows")
         colf = col.reshape(-1)
@@ -260,7 +264,8 @@ def _im2col(
     run.bind = bind
     run.listeners, run.candidates, run.suffix = [], {}, "_im2col_nhwc"
     run.algorithm = "gemm_im2col_nhwc"
-    product = _TunedProduct("MatMul", bm, run)
+    run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
+    product = _TunedProduct("MatMul", bm, run, (kh * kw * c, m))
     ys = node.outputs[0].shape
     if ys is not None and len(ys) == 4 and all(isinstance(d, int) and d > 0 for d in ys[1:3]):
         product.select(ys[1] * ys[2])

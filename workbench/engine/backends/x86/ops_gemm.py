@@ -12,9 +12,10 @@ With a constant float32 B, `autotune` measures five ways of calling BLAS per row
 (seven with MKL) and keeps the fastest: ``gemm`` (A's rows split over the threads),
 ``gemm_t`` (the transposed product, rows split), ``gemm_bt`` (B transposed once, rows
 split), ``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
-which wins when A has few rows); with the `mkl` extra also ``mkl_packed`` and
-``mkl_packed_cols`` (MKL's GEMM on B packed once, split by rows or columns; see _mkl.py);
-MatMul's show with a ``_flat`` suffix. Each thread's part is one single-threaded BLAS
+which wins when A has few rows); with the `mkl` extra also ``mkl_packed``,
+``mkl_packed_cols`` and, for few rows, ``mkl_packed_k`` (MKL's GEMM on B packed once,
+split by rows, columns or depth; see _mkl.py and _native.py); MatMul's show with a
+``_flat`` suffix. Each thread's part is one single-threaded BLAS
 call (see _parallel.py).
 
 BLAS writes straight into the arena's buffer when the executor passes `out=` (see
@@ -173,6 +174,11 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
 # -- algorithm selection for a product by a constant matrix --------------------------------------
 # the least work worth a thread's part: a handoff costs ~10-20 us, BLAS does ~1e5 FLOP/us
 PART_FLOPS = 4e6
+# mkl_packed_k is offered for products of at most this many rows. Measured, 2 threads, ms
+# (mkl_packed / mkl_packed_cols / mkl_packed_k): 49x4608x512 1.18 / 1.06 / 1.01;
+# 49x2048x512 0.53 / 0.49 / 0.48; 196x2304x256 1.00 / 0.93 / 1.09; 784x128x512 0.41 /
+# 0.43 / 0.78
+DEPTH_SPLIT_ROWS = 128
 
 
 def grain(flops_per_unit: float) -> int:
@@ -191,7 +197,9 @@ def split_rows(x2: np.ndarray, b: np.ndarray, o2: np.ndarray) -> np.ndarray:
 Post = Callable[[np.ndarray, int, int, int, int], None]
 
 
-def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
+def _gemm_builders(
+    bm: np.ndarray, source: Callable[[], np.ndarray] | None = None, rows: int | None = None
+) -> dict[str, Callable]:
     """`name -> build() -> fn(x2, o2)` computing o2 = x2 @ bm for 2-D float32 x2, o2: BLAS
     on bm as given (``gemm``), on the product transposed (``gemm_t``: o2^T = bm^T x2^T,
     which makes BLAS pack and block the operands the other way round) and on a transposed
@@ -206,11 +214,19 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
     `fn(x2, o2, post)` calls `post(o2, r0, r1, c0, c1)` on each part's block of o2 (rows
     r0..r1-1, columns c0..c1-1) right after its product, on the thread that made it: a
     fused epilogue then works on the block while it is in that core's cache, and needs
-    no handoff of its own."""
+    no handoff of its own.
+
+    `source`, where given, makes bm afresh: bm is then the kernel's own copy (a conv's
+    weight reordered), which the candidates that read it per call hold (`held` counts it)
+    and the packed ones drop once packed. `rows`, where known, is the row count the
+    candidates are measured on: the depth split (``mkl_packed_k``) is offered for few."""
     k, n = bm.shape
+    own = 0 if source is None else bm.nbytes
+    # (the packed candidates call weight() for a range not yet packed, never keeping bm)
+    weight = source if source is not None else (lambda: bm)
 
     def by_rows(
-        product: Callable, held: Callable[[], int] = lambda: 0, native: Callable | None = None
+        product: Callable, held: Callable[[], int] = lambda: own, native: Callable | None = None
     ) -> Callable:
         def fn(x2, o2, post=None):
             call = None if native is None else native(x2, o2, post)
@@ -230,7 +246,7 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
         return fn
 
     def by_cols(
-        product: Callable, held: Callable[[], int] = lambda: 0, native: Callable | None = None
+        product: Callable, held: Callable[[], int] = lambda: own, native: Callable | None = None
     ) -> Callable:
         def fn(x2, o2, post=None):
             call = None if native is None else native(x2, o2, post)
@@ -257,8 +273,8 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
 
     def packed_t():
         bt = np.ascontiguousarray(bm.T)  # (a view when bm is a transposed initializer)
-        own = 0 if np.shares_memory(bt, bm) else bt.nbytes
-        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2), lambda: own)
+        bt_own = 0 if source is None and np.shares_memory(bt, bm) else bt.nbytes
+        return by_rows(lambda x2, o2: np.matmul(x2, bt.T, out=o2), lambda: bt_own)
 
     def cols():
         return by_cols(lambda x2, o2, lo, hi: np.matmul(x2, bm[:, lo:hi], out=o2[:, lo:hi]))
@@ -288,23 +304,64 @@ def _gemm_builders(bm: np.ndarray) -> dict[str, Callable]:
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
 
             def product(x2, o2, lo, hi):
-                packed = packs.get((lo, hi))
-                if packed is None:
-                    packed = packs.setdefault((lo, hi), _mkl.PackedB(bm[:, lo:hi]))
-                packed.product(x2, o2[:, lo:hi])
+                _native.packed_ranges(packs, weight, [(lo, hi)], False)[0].product(x2, o2[:, lo:hi])
 
             def native(x2, o2, post):
-                return _native.packed_cols_call(packs, bm, x2, o2, post, grain(2.0 * k * len(x2)))
+                g = grain(2.0 * k * len(x2))
+                return _native.packed_cols_call(packs, weight, x2, o2, post, g)
 
             # (each range packed on its own is padded on its own: see autotune.MEMORY_SLACK)
             held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
             return by_cols(product, held, native)
 
+        def mkl_packed_k():
+            packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per range of B's rows
+
+            def native(x2, o2, post):
+                g = grain(2.0 * len(x2) * n)
+                return _native.packed_depth_call(packs, weight, x2, o2, post, g)
+
+            def fn(x2, o2, post=None):
+                call = native(x2, o2, post)
+                if call is None:
+                    _depth_on_pool(packs, weight, x2, o2, post)
+                else:
+                    call()
+
+            fn.held = lambda: sum(p.resident() for p in packs.values())
+            fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
+            return fn
+
         builders |= {
             "mkl_packed": mkl_packed,
             "mkl_packed_cols": mkl_packed_cols,
         }
+        if rows is not None and rows <= DEPTH_SPLIT_ROWS:
+            builders["mkl_packed_k"] = mkl_packed_k
     return builders
+
+
+def _depth_on_pool(
+    packs: dict, weight: Callable[[], np.ndarray], x2: np.ndarray, o2: np.ndarray, post
+) -> None:
+    """mkl_packed_k where numba's threads cannot run it (`_native.packed_depth_call`):
+    the depth ranges' products on the pool, then their sum and `post` here."""
+    from . import _native  # (imports the epilogue kernels, which import this module)
+
+    m, k, n = x2.shape[0], x2.shape[1], o2.shape[1]
+    parts = _parallel.split(k, grain(2.0 * m * n), align=16)
+    packed = _native.packed_ranges(packs, weight, parts, True)
+    outs = [o2] + [np.empty_like(o2) for _ in parts[1:]]
+
+    def part(i: int) -> None:
+        lo, hi = parts[i]
+        packed[i].product(x2[:, lo:hi], outs[i])
+
+    _parallel.parallel(part, len(parts))
+    for extra in outs[1:]:
+        o2 += extra
+    if post is not None:
+        post(o2, 0, m, 0, n)
 
 
 def _bound(
@@ -317,10 +374,24 @@ def _bound(
 
 
 class _TunedProduct:
-    """x2 @ bm by the algorithm selected per row count (rows vary with batch and sequence)."""
+    """x2 @ bm by the algorithm selected per row count (rows vary with batch and sequence).
 
-    def __init__(self, op: str, bm: np.ndarray, run: Callable) -> None:
-        self.op, self.bm, self.run = op, bm, run
+    `bm` is a view of a constant, or a function making it afresh: the kernel's own copy
+    (a reordered conv weight), made for each selection and then kept only by the
+    algorithms that read it per call (see `_gemm_builders`)."""
+
+    def __init__(
+        self,
+        op: str,
+        bm: np.ndarray | Callable[[], np.ndarray],
+        run: Callable,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        """`shape`: (K, N), given where bm is a function."""
+        self.op, self.run = op, run
+        self.source = bm if callable(bm) else None
+        self.bm = None if callable(bm) else bm
+        self.k, self.n = shape if callable(bm) else bm.shape
         self.fns: dict[int, Callable] = {}
 
     def __call__(self, x2: np.ndarray, o2: np.ndarray, post: Post | None = None) -> np.ndarray:
@@ -329,6 +400,10 @@ class _TunedProduct:
             fn = self.select(x2.shape[0])
         fn(x2, o2, post)
         return o2
+
+    def held(self) -> int:
+        """Bytes the selected algorithms hold of their own (packs, copies of bm)."""
+        return sum(autotune.held(fn) for fn in self.fns.values())
 
     def bind(self, x2: np.ndarray, o2: np.ndarray, post: Post | None = None) -> Callable:
         """`self(x2, o2, post)` as a call of no arguments, bound to these arrays (see
@@ -339,8 +414,10 @@ class _TunedProduct:
         return fn.bind(x2, o2, post)
 
     def select(self, rows: int) -> Callable:
-        k, n = self.bm.shape
-        builders = _gemm_builders(self.bm)
+        k, n = self.k, self.n
+        bm = self.bm if self.source is None else self.source()
+        builders = _gemm_builders(bm, self.source, rows)
+        del bm  # (the builders keep it where they need it)
 
         def make_args():
             x2 = np.random.default_rng(0).standard_normal((rows, k), dtype=np.float32)
