@@ -260,34 +260,6 @@ def packed_ranges(
     return [packs[part] for part in parts]
 
 
-def packed_cols_call(
-    packs: dict,
-    weight: Callable[[], np.ndarray],
-    x2: np.ndarray,
-    o2: np.ndarray,
-    post,
-    grain: int,
-) -> Callable[[], object] | None:
-    """o2 = x2 @ B and `post` on o2, B's columns split over numba's threads, each range
-    packed once (`packed_ranges`), as a call of no arguments (see `packed_rows_call`);
-    None where the pool must do it."""
-    epi = _epilogue(post)
-    if epi is None or not o2.flags.c_contiguous or not available():
-        return None
-    m, (k, n) = x2.shape[0], (x2.shape[1], o2.shape[1])
-    if m == 0:
-        return _nothing
-    parts = _parallel.split(n, grain, align=16)
-    packed = packed_ranges(packs, weight, parts, False)
-    bufs = np.array([p.buf.ctypes.data for p in packed], np.uint64)
-    ta, lda = _mkl._operand(x2)
-    y, a = o2.reshape(-1), x2.ctypes.data
-    # (the packed ranges stay alive in `packs`, which the product keeps as long as the call)
-    if len(parts) == 1:
-        return partial(_packed_part, _compute(), a, ta, lda, k, bufs[0], n, y, 0, m, 0, n, *epi)
-    return partial(_cols, _compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
-
-
 # fmt: off
 @njit(parallel=True, fastmath=CONTRACT)
 def _depths(fp, a, ta, lda, m, ks, bufs, n, ys):  # pragma: no cover - compiled
@@ -319,40 +291,44 @@ def _depth_call(head: tuple, tail: tuple) -> None:
     _depth_sums(*tail)
 
 
-def packed_depth_call(
+def packed_split_call(
     packs: dict,
     weight: Callable[[], np.ndarray],
     x2: np.ndarray,
     o2: np.ndarray,
     post,
     grain: int,
+    depth: bool = False,
 ) -> Callable[[], object] | None:
-    """o2 = x2 @ B and `post` on o2 with the depth K split over numba's threads: each
-    part multiplies its range of x2's columns by its range of B's rows (packed once,
-    `packed_ranges`) into o2 or a partial product of its own, which are then added to o2
-    in order. Every part has all of x2's rows and all of B's columns: on few rows (7x7
-    pixels) that keeps MKL as fast as the column split, whose two packs are each padded
-    to 512 columns, while the row ranges' packs together weigh one. A call of no
-    arguments (see `packed_rows_call`); None where the pool must do it."""
+    """o2 = x2 @ B and `post` on o2, B's columns split over numba's threads, or with
+    `depth` its rows (the depth K), each range packed once (`packed_ranges`), as a call of
+    no arguments (see `packed_rows_call`); None where the pool must do it.
+
+    By depth, each part multiplies its range of x2's columns by its range of B's rows into
+    o2 or a partial product of its own, which are then added to o2 in order, rows split,
+    before the epilogue. Every part has all of x2's rows and all of B's columns: on few
+    rows (7x7 pixels) that keeps MKL as fast as the column split, whose two packs are each
+    padded to 512 columns, while the row ranges' packs together weigh one."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
         return None
     m, (k, n) = x2.shape[0], (x2.shape[1], o2.shape[1])
     if m == 0:
         return _nothing
-    parts = _parallel.split(k, grain, align=16)
-    packed = packed_ranges(packs, weight, parts, True)
+    parts = _parallel.split(k if depth else n, grain, align=16)
+    packed = packed_ranges(packs, weight, parts, depth)
+    bufs = np.array([p.buf.ctypes.data for p in packed], np.uint64)
     ta, lda = _mkl._operand(x2)
     y, a = o2.reshape(-1), x2.ctypes.data
+    # (the packed ranges stay alive in `packs`, which the product keeps as long as the call)
     if len(parts) == 1:
-        return partial(_packed_part, _compute(), a, ta, lda, k, packed[0].buf.ctypes.data, n, y,
-                       0, m, 0, n, *epi)  # fmt: skip
+        return partial(_packed_part, _compute(), a, ta, lda, k, bufs[0], n, y, 0, m, 0, n, *epi)
+    if not depth:
+        return partial(_cols, _compute(), a, ta, lda, m, k, bufs, n, y, _bounds(parts), *epi)
     sums = np.empty((len(parts) - 1, m * n), np.float32)  # (kept by the call)
-    bufs = np.array([p.buf.ctypes.data for p in packed], np.uint64)
     ys = np.array([y.ctypes.data] + [s.ctypes.data for s in sums], np.uint64)
-    rows = _bounds(_parallel.split(m, 1))
     head = (_compute(), a, ta, lda, m, _bounds(parts), bufs, n, ys)
-    return partial(_depth_call, head, (y, sums, n, rows, *epi))
+    return partial(_depth_call, head, (y, sums, n, _bounds(_parallel.split(m, 1)), *epi))
 
 
 def _nothing() -> None:
@@ -403,7 +379,6 @@ def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[
 
 
 __all__ = [
-    "available", "conv_gemm", "depthwise_call", "packed_cols_call", "packed_depth_call",
-    "packed_ranges", "packed_rows_call",
-    "rows_call", "why",
+    "available", "conv_gemm", "depthwise_call", "packed_ranges", "packed_rows_call",
+    "packed_split_call", "rows_call", "why",
 ]  # fmt: skip

@@ -308,7 +308,7 @@ def _gemm_builders(
 
             def native(x2, o2, post):
                 g = grain(2.0 * k * len(x2))
-                return _native.packed_cols_call(packs, weight, x2, o2, post, g)
+                return _native.packed_split_call(packs, weight, x2, o2, post, g)
 
             # (each range packed on its own is padded on its own: see autotune.MEMORY_SLACK)
             held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
@@ -319,7 +319,7 @@ def _gemm_builders(
 
             def native(x2, o2, post):
                 g = grain(2.0 * len(x2) * n)
-                return _native.packed_depth_call(packs, weight, x2, o2, post, g)
+                return _native.packed_split_call(packs, weight, x2, o2, post, g, depth=True)
 
             def fn(x2, o2, post=None):
                 call = native(x2, o2, post)
@@ -344,7 +344,7 @@ def _gemm_builders(
 def _depth_on_pool(
     packs: dict, weight: Callable[[], np.ndarray], x2: np.ndarray, o2: np.ndarray, post
 ) -> None:
-    """mkl_packed_k where numba's threads cannot run it (`_native.packed_depth_call`):
+    """mkl_packed_k where numba's threads cannot run it (`_native.packed_split_call`):
     the depth ranges' products on the pool, then their sum and `post` here."""
     from . import _native  # (imports the epilogue kernels, which import this module)
 
