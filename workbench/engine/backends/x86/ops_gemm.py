@@ -9,8 +9,8 @@ Algorithms recorded as `run.algorithm`:
 - ``batched_gemm``: MatMul in general (numpy's batching, broadcasting and 1-D rules).
 
 With a constant float32 B, `autotune` measures five ways of calling BLAS per row count
-(seven with MKL) and keeps the fastest: ``gemm`` (A's rows split over the threads),
-``gemm_t`` (the transposed product, rows split), ``gemm_bt`` (B transposed once, rows
+(seven with MKL, eight on few rows) and keeps the fastest: ``gemm`` (A's rows split over
+the threads), ``gemm_t`` (the transposed product, rows split), ``gemm_bt`` (B transposed once, rows
 split), ``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
 which wins when A has few rows); with the `mkl` extra also ``mkl_packed``,
 ``mkl_packed_cols`` and, for few rows, ``mkl_packed_k`` (MKL's GEMM on B packed once,
