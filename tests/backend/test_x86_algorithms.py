@@ -384,6 +384,53 @@ def test_pick_prefers_less_memory_only_within_the_slack(monkeypatch):
     assert autotune.pick(ms, mib) == "packed"
 
 
+def test_a_slow_spell_in_one_turn_is_undone_by_measuring_again_side_by_side(monkeypatch):
+    """The host slows down while the faster candidate has its turn: alone it looks slower
+    (2.8 ms against 2); measured again in turns with the other, once the spell is over, it
+    is faster (1 ms) and wins. With no second measuring (FINAL_RATIO 1: only the fastest
+    of the first turns goes on) the spell would decide."""
+    import time
+
+    spell = [True]
+
+    def sleeper(ms):
+        def build():
+            def fn(x, out):
+                time.sleep(ms() / 1e3)
+
+            return fn
+
+        return build
+
+    builders = {"plain": sleeper(lambda: 2.0), "packed": sleeper(lambda: 2.8 if spell[0] else 1.0)}
+    args = lambda: (np.ones(4, np.float32), np.empty(4, np.float32))  # noqa: E731
+    confirm = autotune.confirm
+
+    def spell_ends(*a):
+        spell[0] = False
+        return confirm(*a)
+
+    monkeypatch.setattr(autotune, "confirm", spell_ends)
+    key = autotune.cache_key("Test", [[4]], {})
+    alg, _, choice = autotune.select("Test", key, builders, "plain", args, flops=1e9)
+    assert alg == "packed" and choice.source == "measured"
+    assert choice.candidates["packed"] < choice.candidates["plain"]
+
+    spell[0] = True
+    monkeypatch.setattr(autotune, "FINAL_RATIO", 1.0)
+    key = autotune.cache_key("Test", [[5]], {})
+    assert autotune.select("Test", key, builders, "plain", args, flops=1e9)[0] == "plain"
+
+
+def test_finalists_are_the_near_fastest_that_fit_in_memory_together(monkeypatch):
+    monkeypatch.setattr(autotune, "FINAL_RATIO", 1.5)
+    monkeypatch.setattr(autotune, "FINAL_MIB", 256.0)
+    ms = {"c": 1.6, "a": 1.0, "b": 1.4}
+    assert autotune._finalists(ms, {}) == ["a", "b"]  # c is 1.6x the fastest
+    assert autotune._finalists(ms, {"a": 200.0, "b": 100.0}) == ["a"]  # 300 MiB together
+    assert autotune._finalists(ms, {"a": 300.0}) == ["a"]  # the fastest, whatever it holds
+
+
 def test_a_streamed_weight_is_charged_its_read_from_memory(monkeypatch):
     """Two candidates doing the same work; one says it streams 2 MB of weights, which at
     1 GB/s costs it 2 ms more than its timing hot in cache: it loses, and the charge is
