@@ -485,6 +485,31 @@ def test_attention_kernel_spreads_nan_like_the_reference():
     assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(got).any()
 
 
+def test_attention_row_max_on_the_bits_is_numpys_max():
+    """The softmax's row maximum, taken on the values' bits: infinities, signed zeros,
+    denormals, a prefix of the row, no values at all (-inf), a NaN."""
+    from workbench.engine.backends.x86.ops_fused_transformer import _row_max
+
+    rows = [
+        np.random.default_rng(3).standard_normal(37),
+        [-np.inf, -np.inf],
+        [-0.0, -1.0],
+        [-1.0, -0.0, -3.0],
+        [np.inf, 3.0],
+        [-5e-39, -3e-39, -4e-39],
+        [-3.3e38, -30.0, -3.4e38],
+        [np.nan, 3.0],
+    ]
+    for row in rows:
+        x = np.asarray(row, np.float32)
+        got = _row_max(x.view(np.int32), x.size)
+        np.testing.assert_array_equal(got, np.max(x))
+        assert np.signbit(got) == np.signbit(np.max(x))
+    x = np.float32([1.0, -2.0, 7.0])
+    assert _row_max(x.view(np.int32), 2) == 1.0  # the first n only
+    assert _row_max(x.view(np.int32), 0) == -np.inf
+
+
 def test_attention_kernel_names_the_node_on_bad_shapes():
     q, k, v = _rand(1, 3, 6), _rand(1, 4, 6), _rand(1, 5, 6)
     with pytest.raises(wb.WorkbenchError, match=r"Attention.*one key/value length"):
