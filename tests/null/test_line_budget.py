@@ -10,7 +10,9 @@ from pathlib import Path
 
 import workbench
 
-ENGINE_CORE_BUDGET = 2800  # raised from 2600 when the memory planner (memory.py) landed
+# raised from 2600 when the memory planner (memory.py) landed; from 2800 when weights began
+# to be read from their file when needed (ir.Deferred, onnx_file.FileConst, plan._baked)
+ENGINE_CORE_BUDGET = 2920
 
 
 def _code_lines(path: Path) -> int:

@@ -310,7 +310,7 @@ class Session:
             self.intermediates = {
                 v.name: to_host(env[i])
                 for i, v in enumerate(self.plan.values)
-                if v is not None and v.name and env[i] is not None and v.const is None
+                if v is not None and v.name and env[i] is not None and not v.is_const
             }
         return result
 

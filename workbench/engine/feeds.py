@@ -38,7 +38,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any] | None) -> dict[str, np.n
         raise FeedError(
             f"unknown input {unknown[0]!r}; the model's inputs are: {', '.join(expected) or 'none'}"
         )
-    missing = [n for n, v in expected.items() if n not in feeds and v.const is None]
+    missing = [n for n, v in expected.items() if n not in feeds and not v.is_const]
     if missing:
         v = expected[missing[0]]
         raise FeedError(
@@ -100,7 +100,7 @@ def random_feeds(
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for v in graph.inputs:
-        if v.const is not None:
+        if v.is_const:
             continue
         if v.shape is None:
             raise FeedError(f"input {v.name!r} has no declared shape: pass the feeds yourself")

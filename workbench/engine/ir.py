@@ -10,7 +10,8 @@ graph are that graph's own `Value` objects, so lifetimes and ordering see them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,15 +31,62 @@ def np_dtype(elem_type: int) -> np.dtype | None:
         return None
 
 
+class Deferred:
+    """Constant data made when asked for, and kept only while something else holds the
+    array (a weak reference): read from the model's file (onnx_file.FileConst) or computed
+    from other constants (`Computed`). A compiled plan that packed or reordered a weight
+    its own way then leaves no second copy alive, and the graph holds none."""
+
+    __slots__ = ("_array", "dtype", "shape")
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._array: weakref.ref | None = None
+
+    def load(self) -> np.ndarray:
+        arr = None if self._array is None else self._array()
+        if arr is None:
+            arr = self.make()
+            arr.flags.writeable = False  # constants are shared, never written
+            self._array = weakref.ref(arr)
+        return arr
+
+    def make(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Computed(Deferred):
+    """A constant computed again from others each time it is needed and not held (a conv
+    weight with a BatchNormalization folded in: see passes/fusion/conv_bn.py)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: Any) -> None:
+        super().__init__(shape, dtype)
+        self.fn = fn
+
+    def make(self) -> np.ndarray:
+        arr = np.asarray(self.fn())
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError(
+                f"computed constant {arr.dtype}{list(arr.shape)}, not {self.dtype}"
+                f"{list(self.shape)}"
+            )
+        return arr
+
+
 class Value:
     """A tensor (or sequence/optional) flowing between nodes.
 
-    `const` holds the data of initializers and is None for runtime values.
+    `const` holds the data of initializers and is None for runtime values. A large
+    initializer of a model loaded from a file is read from there each time `const` is
+    asked for while nobody holds its array (a `Deferred` constant): test `is_const`, which
+    reads nothing.
     `type_proto` keeps non-tensor types (sequence, optional, map) verbatim.
     """
 
     __slots__ = (
-        "const",
+        "_const",
         "elem_type",
         "graph",
         "index",
@@ -55,13 +103,13 @@ class Value:
         name: str,
         elem_type: int = 0,
         shape: Shape | None = None,
-        const: np.ndarray | None = None,
+        const: np.ndarray | Deferred | None = None,
         type_proto: Any = None,
     ) -> None:
         self.name = name
         self.elem_type = elem_type
         self.shape = shape
-        self.const = const
+        self._const = const
         self.type_proto = type_proto
         self.producer: Node | None = None
         self.index = 0  # output index within the producer
@@ -74,8 +122,32 @@ class Value:
         return np_dtype(self.elem_type)
 
     @property
+    def const(self) -> np.ndarray | None:
+        c = self._const
+        return c.load() if isinstance(c, Deferred) else c
+
+    @const.setter
+    def const(self, array: np.ndarray | None) -> None:
+        self._const = array
+
+    @property
     def is_const(self) -> bool:
-        return self.const is not None
+        return self._const is not None
+
+    @property
+    def const_deferred(self) -> bool:
+        """Whether the constant is made when asked for (read from its file, or computed)."""
+        return isinstance(self._const, Deferred)
+
+    @property
+    def const_shape(self) -> tuple[int, ...] | None:
+        """The constant's shape (None for a runtime value), without reading its data."""
+        return None if self._const is None else tuple(self._const.shape)
+
+    def detached(self) -> Value:
+        """A copy outside any graph: same name, type, shape and constant (one left in its
+        file stays there), no producer, no uses, empty meta."""
+        return Value(self.name, self.elem_type, self.shape, self._const, self.type_proto)
 
     def consumers(self) -> list[Node]:
         seen: dict[int, Node] = {}
@@ -84,7 +156,7 @@ class Value:
         return list(seen.values())
 
     def __repr__(self) -> str:
-        kind = "const " if self.const is not None else ""
+        kind = "const " if self.is_const else ""
         return f"Value({kind}{self.name!r}, {self.dtype}, {self.shape})"
 
 
@@ -289,7 +361,7 @@ class Graph:
         vmap: dict[int, Value] = dict(_outer or {})
 
         def copy_value(v: Value) -> Value:
-            new = Value(v.name, v.elem_type, v.shape, v.const, v.type_proto)
+            new = v.detached()
             new.meta = dict(v.meta)
             vmap[id(v)] = new
             return new
@@ -299,7 +371,7 @@ class Graph:
         for v in self.initializers.values():
             g.add_initializer(copy_value(v))
         for v in self.inputs:
-            g.add_input(vmap[id(v)] if id(v) in vmap and v.const is not None else copy_value(v))
+            g.add_input(vmap[id(v)] if id(v) in vmap and v.is_const else copy_value(v))
         for n in self.nodes:
             attrs = {}
             for k, a in n.attrs.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,7 +58,7 @@ class Model:
 
     def summary(self) -> str:
         g = self.graph
-        n_params = sum(int(v.const.size) for v in g.initializers.values())
+        n_params = sum(math.prod(v.const_shape) for v in g.initializers.values())
         ins = ", ".join(f"{v.name}{list(v.shape or [])}" for v in g.inputs)
         outs = ", ".join(f"{v.name}{list(v.shape or [])}" for v in g.outputs)
         return (

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from onnx import TensorProto
+
+from ..errors import ModelLoadError
+from .ir import Deferred
 
 # Raw data smaller than this stays in the proto: shape inference reads small constants
 # (Reshape's shape), and reading many tiny tensors one by one gains nothing.
@@ -142,6 +147,38 @@ def read_into(span: Span, out: memoryview) -> None:
             out = out[n:]
 
 
+class FileConst(Deferred):
+    """An initializer's data left in its file, read when needed (see ir.Deferred). The
+    file's size and mtime at load are checked before each read, so a file rewritten since
+    is an error that says so, not other weights."""
+
+    __slots__ = ("label", "name", "span", "stamp")
+
+    def __init__(self, span: Span, shape: tuple[int, ...], dtype: np.dtype, name: str, label: str):
+        super().__init__(shape, dtype.newbyteorder("<"))
+        self.span, self.name, self.label = span, name, label
+        self.stamp = _stamp(span.path)
+
+    def make(self) -> np.ndarray:
+        where = f"{self.label}: tensor {self.name!r}"
+        try:
+            if _stamp(self.span.path) != self.stamp:
+                raise ModelLoadError(
+                    f"{where}: the file changed since the model was loaded (its weights are "
+                    "read from it when needed): load it again"
+                )
+            arr = np.empty(self.shape, self.dtype)
+            read_into(self.span, memoryview(arr.reshape(-1)).cast("B"))
+        except OSError as e:
+            raise ModelLoadError(f"{where}: cannot read it from the file: {e}") from None
+        return arr
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def sha256_of(path: Path) -> str:
     """The file's SHA-256, read in chunks (the whole file is never in memory at once)."""
     h = hashlib.sha256()
@@ -151,4 +188,11 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["READ_SEPARATELY_BYTES", "Span", "light_model_bytes", "read_into", "sha256_of"]
+__all__ = [
+    "READ_SEPARATELY_BYTES",
+    "FileConst",
+    "Span",
+    "light_model_bytes",
+    "read_into",
+    "sha256_of",
+]

@@ -323,9 +323,10 @@ def _new_value(name: str, ctx: _Ctx, declared: onnx.TypeProto | None = None) -> 
 
 def tensor_to_array(
     t: TensorProto, base_dir: Path | None, label: str = "", span: onnx_file.Span | None = None
-) -> np.ndarray:
-    """TensorProto -> numpy, memory-mapping external data, viewing raw bytes in place, or
-    reading them from the file where onnx_file left them (`span`, an onnx_file.Span)."""
+) -> np.ndarray | onnx_file.FileConst:
+    """TensorProto -> numpy, memory-mapping external data or viewing raw bytes in place; or,
+    where onnx_file left them in the file (`span`, an onnx_file.Span), a FileConst that
+    reads them when needed."""
     dims = tuple(int(d) for d in t.dims)
     if any(d < 0 for d in dims):
         raise ModelLoadError(f"{label}: tensor {t.name!r} has a negative dim in {list(dims)}")
@@ -369,16 +370,13 @@ def _check_nbytes(t: TensorProto, have: int, expected: int, label: str) -> None:
 
 
 def _array_from_file(t: TensorProto, dims: tuple, dtype: np.dtype, span, label: str):
-    """Raw data onnx_file left in the file, read into its array."""
+    """Raw data onnx_file left in the file: read from there when first needed."""
     _check_nbytes(t, span.nbytes, _numel(dims) * dtype.itemsize, label)
     check_size(dims, dtype, f"{label}: tensor {t.name!r}")
-    arr = np.empty(dims, dtype.newbyteorder("<"))
     try:
-        onnx_file.read_into(span, memoryview(arr.reshape(-1)).cast("B"))
+        return onnx_file.FileConst(span, dims, dtype, t.name, label)
     except OSError as e:
         raise ModelLoadError(f"{label}: cannot read tensor {t.name!r}: {e}") from None
-    arr.flags.writeable = False  # as the views of raw bytes are: constants are not written
-    return arr
 
 
 def _numel(dims: tuple[int, ...]) -> int:
@@ -457,7 +455,7 @@ def _graph_from_proto(
         original = ctx.originals.get(t.name, t)
         arr = tensor_to_array(original, ctx.base_dir, ctx.label, ctx.in_file.get(t.name))
         v = _new_value(t.name, ctx)
-        v.elem_type, v.shape, v.const = original.data_type, tuple(arr.shape), arr
+        v.elem_type, v.shape, v._const = original.data_type, tuple(arr.shape), arr
         local[t.name] = g.add_initializer(v)
     for vi in gp.input:
         if vi.name in local:  # an input with a default (initializer of the same name)

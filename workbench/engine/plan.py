@@ -83,7 +83,7 @@ def compile_plan(
         return plan.slot[key]
 
     for v in graph.initializers.values():
-        plan.template[slot_of(v)] = backend.to_device(host_cast(np.asarray(v.const), ctx.precision))
+        slot_of(v)
     for v in [*graph.inputs, *captured]:
         plan.inputs.append((v, slot_of(v)))
     reference = get_backend("reference", require_available=False)
@@ -97,10 +97,31 @@ def compile_plan(
         plan.steps.append(Step(node, kernel, run, ins, outs, (), writes, tuple(inplace)))
     for v in graph.outputs:
         plan.outputs.append((v.name, slot_of(v)))
+    baked = _baked(plan)
+    for v in graph.initializers.values():
+        if plan.slot[id(v)] in baked:  # shape and dtype only, in no memory: broadcast zeros
+            const = np.broadcast_to(host_cast(np.zeros((), v.dtype), ctx.precision), v.shape)
+        else:
+            const = backend.to_device(host_cast(np.asarray(v.const), ctx.precision))
+        plan.template[plan.slot[id(v)]] = const
     _mark_frees(plan)
     if hasattr(backend, "place"):  # a device backend adds its host<->device copy steps
         backend.place(plan)
     return plan
+
+
+def _baked(plan: Plan) -> set[int]:
+    """Slots of constants that every step reading them took in when compiled (`run.baked`:
+    the input indices whose data a kernel holds in its own form and never reads from env).
+    The template holds a stand-in of their shape and dtype, so a weight read from its file
+    to be packed is not kept a second time."""
+    baked: set[int] = set()
+    read: set[int] = {s for _, s in plan.outputs}
+    for step in plan.steps:
+        own = getattr(step.run, "baked", ())
+        for i, s in enumerate(step.inputs):
+            (baked if i in own else read).add(s)
+    return baked - read
 
 
 def _mark_frees(plan: Plan) -> None:

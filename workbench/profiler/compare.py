@@ -460,7 +460,7 @@ def _rerun(
     for slot in step.inputs:
         cur = env[slot]
         v = plan.values[slot]
-        if slot == NONE_SLOT or v is None or v.const is not None or cur is None:
+        if slot == NONE_SLOT or v is None or v.is_const or cur is None:
             args.append(cur)
             continue
         ref = refs.get(v.name)

@@ -183,7 +183,7 @@ class RemoteSession(Session):
         for step in self.plan.steps:
             for slot in step.inputs:
                 v = self.plan.values[slot] if slot != NONE_SLOT else None
-                if v is not None and v.const is None and isinstance(refs.get(v.name), np.ndarray):
+                if v is not None and not v.is_const and isinstance(refs.get(v.name), np.ndarray):
                     wanted[f"r:{v.name}"] = refs[v.name]
         h, a = self._call("compare_steps", {}, {**self._feeds(feeds), **wanted})
         env: list[Any] = [None] * len(self.plan.values)

@@ -339,7 +339,7 @@ def node_info(s: Subject, node: Node) -> dict[str, Any]:
         if v is None:
             continue
         item: dict[str, Any] = {"name": v.name, "shape": fmt_shape(v.shape), "dtype": _dtype(v)}
-        if v.const is not None:
+        if v.is_const:
             item["weight"] = weight_stats(v.const)
         inputs.append(item)
     outputs = [

@@ -240,16 +240,16 @@ class _Drawing:
 def _drawing(s: Subject, unit_of: dict[str, str]) -> _Drawing:
     g = s.graph
     d = _Drawing()
-    graph_inputs = {id(v) for v in g.inputs if v.const is None}
+    graph_inputs = {id(v) for v in g.inputs if not v.is_const}
     for v in g.inputs:
-        if v.const is None and v.uses:
+        if not v.is_const and v.uses:
             d.io_info[f"input:{v.name}"] = f"graph input {v.name} {_vdesc(v)}"
     # which values fan out to many drawn units
     readers: dict[int, set[str]] = {}
     for n in g.nodes:
         u = unit_of.get(n.name, n.name)
         for v in n.inputs:
-            if v is not None and v.const is None:
+            if v is not None and not v.is_const:
                 readers.setdefault(id(v), set()).add(u)
     fan = {k for k, r in readers.items() if len(r) >= FANOUT}
     for n in g.nodes:  # inputs first, so they come out on top in order
@@ -264,7 +264,7 @@ def _drawing(s: Subject, unit_of: dict[str, str]) -> _Drawing:
     for n in g.nodes:
         head = d.index[unit_of.get(n.name, n.name)]
         for v in n.inputs:
-            if v is None or v.const is not None:
+            if v is None or v.is_const:
                 continue
             if v.producer is not None:
                 tail_key = unit_of.get(v.producer.name, v.producer.name)

@@ -70,7 +70,7 @@ def _tensor(value: Any, seen: Mapping[str, Any]) -> dict[str, Any]:
         "dtype": str(value.dtype) if value.dtype is not None else "",
         "source": "declared",
     }
-    if value.const is not None:
+    if value.is_const:
         c = np.asarray(value.const)
         out.update(shape=list(c.shape), dtype=str(c.dtype), source="weight")
         if c.size and np.issubdtype(c.dtype, np.number):

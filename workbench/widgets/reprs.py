@@ -55,8 +55,9 @@ def model_html(model: Any) -> str:
     g = model.graph
     nodes = list(g.walk())
     counts = model.op_counts()
-    n_params = sum(int(v.const.size) for v in g.initializers.values())
-    weight_bytes = sum(int(v.const.nbytes) for v in g.initializers.values())
+    sizes = [(math.prod(v.const_shape), v.dtype) for v in g.initializers.values()]
+    n_params = sum(n for n, _ in sizes)
+    weight_bytes = sum(n * dt.itemsize for n, dt in sizes if dt is not None)
     flops = [n.meta["prof"].get("flops") for n in nodes if "prof" in n.meta]
     known = [f for f in flops if f is not None and f == f]
     line = (

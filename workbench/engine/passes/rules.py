@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Graph, Node, Value
+from ..ir import Deferred, Graph, Node, Value
 from .infra import Change, Pass, PassContext, PassResult, Rejection, origin_of
 
 
@@ -73,7 +73,7 @@ def const_value(v: Value | None) -> np.ndarray | None:
     """The data of `v` if it is an initializer or the output of a Constant node."""
     if v is None:
         return None
-    if v.const is not None:
+    if v.is_const:
         return v.const
     n = v.producer
     if n is not None and n.op_type == "Constant" and "value" in n.attrs:
@@ -96,7 +96,9 @@ def like(v: Value) -> Value:
     return new
 
 
-def initializer(graph: Graph, name: str, array: np.ndarray, origin: Sequence[str] = ()) -> Value:
+def initializer(
+    graph: Graph, name: str, array: np.ndarray | Deferred, origin: Sequence[str] = ()
+) -> Value:
     """Add a constant to `graph` under a name not yet taken; returns its Value."""
     taken = graph.values()
     base, k = name, 1
@@ -108,7 +110,7 @@ def initializer(graph: Graph, name: str, array: np.ndarray, origin: Sequence[str
     return graph.add_initializer(v)
 
 
-def _elem_type(array: np.ndarray) -> int:
+def _elem_type(array: np.ndarray | Deferred) -> int:
     from onnx import helper
 
     return helper.np_dtype_to_tensor_dtype(array.dtype)

@@ -94,7 +94,13 @@ def fused_conv_nhwc(node: Node, ctx: CompileContext) -> KernelFn | None:
     else:
         return None
     run.writes_out = True
+    run.baked = (1,)  # W: each kernel holds its own form (packed, reordered, transformed)
     return run
+
+
+def _stand_in(w: np.ndarray) -> np.ndarray:
+    """W's shape and dtype in no memory: the kernels read their own form of it."""
+    return np.broadcast_to(np.zeros((), w.dtype), w.shape)
 
 
 def _geometry(
@@ -136,8 +142,10 @@ def in_place(y: np.ndarray, out, *pairs: tuple[np.ndarray, np.ndarray | None]) -
 
 def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -> KernelFn:
     m, c = w.shape[:2]
-    # (C, M) as a view of the weight (BLAS and MKL take it transposed): no second copy
-    bm = np.asarray(w, dtype=np.float32).reshape(m, c).T
+    wv = node.inputs[1]
+
+    def bm() -> np.ndarray:  # (C, M) as a view of the weight (BLAS and MKL take it transposed)
+        return np.asarray(wv.const, dtype=np.float32).reshape(m, c).T
 
     def operands(x, b, z, out) -> tuple:
         if not all_f32(x) or x.shape[-1] != c:
@@ -164,7 +172,9 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
     run.listeners, run.candidates, run.suffix = [], {}, "_nhwc"
     run.algorithm = "gemm_nhwc"
     run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
-    product = _TunedProduct("MatMul", bm, run)
+    # a weight made when needed (ir.Deferred) is the products' own copy; one the graph
+    # holds is read as it is
+    product = _TunedProduct("MatMul", bm if wv.const_deferred else bm(), run, (c, m))
     shape = node.inputs[0].shape
     rows = _static_rows(node) if shape is not None and len(shape) == 4 else None
     if rows is not None:
@@ -209,9 +219,10 @@ def _im2col(
 ) -> KernelFn:
     """Any 2-D conv of one group: the windows gathered channels-last into a (pixels,
     kh*kw*C) matrix, then one GEMM by the weight as (kh*kw*C, M), which writes NHWC."""
-    m, c, kh, kw = w.shape
+    (m, c, kh, kw), wshape, wv = w.shape, w.shape, node.inputs[1]
 
     def bm() -> np.ndarray:  # (made for each selection: kept by the algorithms reading it)
+        w = wv.const  # (made again if need be: see ir.Deferred)
         return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(-1, m), np.float32)
 
     geoms: dict[tuple, _ConvGeom] = {}
@@ -219,7 +230,7 @@ def _im2col(
     def steps(x, b, z, out, bound: bool) -> tuple:
         """(y, x and z as the kernels read them, the calls of no arguments that compute y:
         per image its windows, then its product, `bound` to these arrays or not)."""
-        g = _geometry(x, c, w.shape, attrs, 1, geoms)
+        g = _geometry(x, c, wshape, attrs, 1, geoms)
         n = x.shape[0]
         shape, p = (n, g.oh, g.ow, m), g.oh * g.ow
         y = _output(out, shape)
@@ -275,7 +286,7 @@ def _im2col(
 def _depthwise(
     w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict, group: int
 ) -> KernelFn:
-    c = w.shape[0]
+    c, wshape = w.shape[0], w.shape  # (the calls keep its shape; the packed weight is theirs)
     wt = depthwise_nhwc.pack_weight(w).reshape(-1)  # (taps, C): a tap of every channel a row
     zero = np.zeros(c, np.float32)
     geoms: dict[tuple, _ConvGeom] = {}
@@ -290,7 +301,7 @@ def _depthwise(
 
     def calls(x, b, z, out) -> tuple:
         """(y, x and z as the kernels read them, one call of no arguments per image)."""
-        g = _geometry(x, c, w.shape, attrs, group, geoms)
+        g = _geometry(x, c, wshape, attrs, group, geoms)
         n, h, wd = x.shape[:3]
         shape = (n, g.oh, g.ow, c)
         y = _output(out, shape)
@@ -318,7 +329,7 @@ def _depthwise(
 def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> KernelFn:
     """A conv of few input channels computed directly, no windows gathered (see
     direct_nhwc.py)."""
-    m, c = w.shape[:2]
+    (m, c), wshape = w.shape[:2], w.shape
     wp, mp = direct_nhwc.pack_weight(w)
     bp_const = direct_nhwc.pad_bias(bias, m, mp)
     zero = np.zeros(m, np.float32)
@@ -326,7 +337,7 @@ def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> 
 
     def calls(x, b, z, out) -> tuple:
         """(y, x and z as the kernel reads them, one call of no arguments per image)."""
-        g = _geometry(x, c, w.shape, attrs, 1, geoms)
+        g = _geometry(x, c, wshape, attrs, 1, geoms)
         n, h, wd = x.shape[:3]
         shape = (n, g.oh, g.ow, m)
         y = _output(out, shape)
@@ -399,14 +410,14 @@ def _image_by_image(calls: Callable, bias: np.ndarray | None, algorithm: str) ->
 def _winograd(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict, m: int) -> KernelFn:
     """A 3x3 stride-1 conv by Winograd F(m, 3) (winograd.py), channels-last in and out: no
     windows gathered, and no transposes around the transforms (they run channels-last)."""
-    nm, c = w.shape[:2]
+    (nm, c), wshape = w.shape[:2], w.shape
     u = winograd.pack_weight(w, m)
     zero = np.zeros(nm, np.float32)
     geoms: dict[tuple, _ConvGeom] = {}
 
     def calls(x, b, z, out) -> tuple:
         """(y, x and z as the kernel reads them, one call of no arguments per image)."""
-        g = _geometry(x, c, w.shape, attrs, 1, geoms)
+        g = _geometry(x, c, wshape, attrs, 1, geoms)
         n = x.shape[0]
         shape = (n, g.oh, g.ow, nm)
         y = _output(out, shape)
@@ -463,7 +474,7 @@ def _among(
         x = rng.standard_normal(xs, dtype=np.float32)
         b = None if not b_given else rng.standard_normal(w.shape[0], dtype=np.float32)
         zz = None if z is None else rng.standard_normal(ys, dtype=np.float32)
-        return x, w, b, zz, np.empty(ys, np.float32)
+        return x, _stand_in(w), b, zz, np.empty(ys, np.float32)
 
     key_attrs = {k: node.attrs.get(k) for k in _CONV_ATTRS}
     key = autotune.cache_key("FusedConvNHWC", [list(xs), list(w.shape), gemm], key_attrs)

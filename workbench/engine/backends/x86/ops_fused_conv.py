@@ -381,10 +381,7 @@ def activation_of(node: Node) -> tuple[int, np.float32, np.float32] | None:
 def _plain(op_type: str, node: Node, n_inputs: int, attrs: dict, ctx: CompileContext):
     """The plain x86 kernel for `op_type` on the node's first inputs. The copies of the
     input values keep the fused node's graph out of it (a Node registers itself as a use)."""
-    ins = [
-        None if v is None else Value(v.name, v.elem_type, v.shape, const=v.const)
-        for v in node.inputs[:n_inputs]
-    ]
+    ins = [None if v is None else v.detached() for v in node.inputs[:n_inputs]]
     plain = Node(op_type, ins, [Value(node.outputs[0].name)], attrs, name=node.name)
     opset = ctx.opsets.get("", 17)
     return {"Conv": plain_conv, "Gemm": plain_gemm, "MatMul": plain_matmul}[op_type](
@@ -585,6 +582,7 @@ def fused_matmul(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     run.algorithm = f"{getattr(matmul, 'algorithm', 'default')}+epilogue"
     run.writes_out = getattr(matmul, "writes_out", False)
+    run.baked = getattr(matmul, "baked", ())  # (B: its shape and dtype are read, not data)
     if getattr(matmul, "takes_post", False):
         run.bind = bind
     _relay(matmul, run)

@@ -36,7 +36,7 @@ from ._numba import const_input, declines_dtype
 from ._table import kernels
 
 if TYPE_CHECKING:
-    from ...ir import Node
+    from ...ir import Node, Value
     from ..base import CompileContext
 
 
@@ -102,9 +102,22 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
     return run
 
 
-def _same_dtype(o: np.ndarray | None, *ins: np.ndarray) -> np.ndarray | None:
-    """`o` when BLAS can write its result there: every operand of o's dtype."""
-    return o if o is not None and all(a.dtype == o.dtype for a in ins) else None
+def _same_dtype(o: np.ndarray | None, *ins: np.ndarray | np.dtype) -> np.ndarray | None:
+    """`o` when BLAS can write its result there: every operand (or dtype) of o's dtype."""
+    return o if o is not None and all(getattr(a, "dtype", a) == o.dtype for a in ins) else None
+
+
+def _weight(v: Value) -> Callable[[], np.ndarray]:
+    """A constant B as the products read it, each time asked for: a weight left in its
+    model's file (ir.Value.const) is read again unless something still holds it. A
+    column-major B (a transposed weight, see passes/cleanup/fold.py) is read as it is:
+    BLAS and MKL take either order, and a copy would be another weight's worth."""
+
+    def weight() -> np.ndarray:
+        b = v.const
+        return b if b.flags.f_contiguous else np.ascontiguousarray(b)
+
+    return weight
 
 
 @kernels.register("MatMul", since=1)
@@ -113,20 +126,20 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
         return None
     b_const = const_input(node, 1)
     if b_const is not None and b_const.ndim == 2:
-        # a column-major B (a transposed weight, see passes/cleanup/fold.py) is read as it
-        # is: BLAS and MKL take either order, and a copy would be another weight's worth
-        bm = b_const if b_const.flags.f_contiguous else np.ascontiguousarray(b_const)
-        k, n = bm.shape
+        weight = _weight(node.inputs[1])
+        bm = weight()
+        (k, n), bdt = bm.shape, bm.dtype
 
         def run_flat(x, b, out=None, post=None):
             """`post` (float32 x of 2 or more dims only, see _gemm_builders): the
-            epilogue, on blocks of the output as the parts finish them."""
-            o = _same_dtype(dest(out), x, bm)
+            epilogue, on blocks of the output as the parts finish them. (b: a stand-in,
+            see plan._baked; the weight is the kernel's own.)"""
+            o = _same_dtype(dest(out), x, bdt)
             if x.ndim < 2:
-                y = np.matmul(x, bm, out=o)
+                y = np.matmul(x, weight(), out=o)
                 return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
             if x.shape[-1] != k:
-                raise ValueError(f"MatMul shapes {list(x.shape)} and {list(bm.shape)} differ in K")
+                raise ValueError(f"MatMul shapes {list(x.shape)} and {[k, n]} differ in K")
             if tuned is not None and x.dtype == np.float32:
                 x2 = np.ascontiguousarray(x).reshape(-1, k)
                 o2 = np.empty((x2.shape[0], n), np.float32) if o is None else o.reshape(-1, n)
@@ -134,28 +147,30 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
                 return (o if o is not None else o2.reshape(*x.shape[:-1], n),)
             if post is not None:  # (not selected: float32 x by a constant of another dtype)
                 raise ValueError("MatMul: a fused epilogue needs float32 operands")
-            y = np.matmul(x.reshape(-1, k), bm, out=None if o is None else o.reshape(-1, n))
+            y = np.matmul(x.reshape(-1, k), weight(), out=None if o is None else o.reshape(-1, n))
             if o is not None:
                 return (o,)
             return (deliver(dest(out), y.reshape(*x.shape[:-1], n).astype(x.dtype, copy=False)),)
 
         def bind(x, b, out=None, post=None):
-            o = _same_dtype(dest(out), x, bm)
+            o = _same_dtype(dest(out), x, bdt)
             if tuned is None or o is None or x.dtype != np.float32 or x.ndim < 2:
                 return None
             if x.shape[-1] != k or not (x.flags.c_contiguous and o.flags.c_contiguous):
                 return None  # (a copy of x, or an error the unbound call reports)
             return returning(tuned.bind(x.reshape(-1, k), o.reshape(-1, n), post), (o,))
 
-        run_flat.algorithm, run_flat.writes_out = "gemm_flat", True
+        run_flat.algorithm, run_flat.writes_out, run_flat.baked = "gemm_flat", True, (1,)
         tuned = None
         if _tunable(bm):
             run_flat.takes_post, run_flat.bind = True, bind
             run_flat.listeners, run_flat.candidates, run_flat.suffix = [], {}, "_flat"
-            tuned = _TunedProduct("MatMul", bm, run_flat)
+            own = node.inputs[1].const_deferred  # (then the copy it reads is the kernel's)
+            tuned = _TunedProduct("MatMul", weight if own else bm, run_flat, (k, n))
             rows = _static_rows(node)
             if rows is not None:
                 tuned.select(rows)
+        del bm, b_const  # (a weight in its file is read again when needed: see _weight)
         return run_flat
     bc = np.ascontiguousarray(b_const) if b_const is not None else None
 

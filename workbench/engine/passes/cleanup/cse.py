@@ -11,6 +11,7 @@ graph output (its name must stay).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,9 @@ SMALL_CONSTANT = 1024  # elements: constants up to this size compare by value
 def _value_key(v: Value | None, graph: Graph) -> Any:
     if v is None:
         return None
-    c = constant_of(v, graph)
-    if c is not None and c.size <= SMALL_CONSTANT:
+    small = v.is_const and math.prod(v.const_shape) <= SMALL_CONSTANT  # (large ones unread)
+    c = constant_of(v, graph) if small else None
+    if c is not None:
         return ("const", c.dtype.str, c.shape, c.tobytes())
     return ("value", id(v))
 

@@ -35,8 +35,8 @@ def bypass(graph: Graph, node: Node, source: Value, target: Value) -> str | None
     read `source`. Returns None when done, else why it cannot be done (nothing changed)."""
     if _is_output(target, graph):
         if source.producer is None or source.producer.graph is not graph:
-            kind = "an initializer" if source.const is not None else "a graph input"
-            if not any(source is i for i in graph.inputs) and source.const is None:
+            kind = "an initializer" if source.is_const else "a graph input"
+            if not any(source is i for i in graph.inputs) and not source.is_const:
                 kind = "an outer-scope value"
             return (
                 f"output {target.name!r} is a graph output and input {source.name!r} is "

@@ -45,11 +45,14 @@ RANDOM_OPS = frozenset(
 )
 
 
+def is_fixed(v: Value | None, graph: Graph) -> bool:
+    """Whether `v` is an initializer that no graph input overrides (its data unread)."""
+    return v is not None and v.is_const and not any(v is i for i in graph.inputs)
+
+
 def constant_of(v: Value | None, graph: Graph) -> np.ndarray | None:
     """The data of `v` if it is fixed: an initializer that no graph input overrides."""
-    if v is None or v.const is None or any(v is i for i in graph.inputs):
-        return None
-    return v.const
+    return v.const if is_fixed(v, graph) else None
 
 
 def static_dims(v: Value | None) -> tuple[int, ...] | None:
@@ -218,7 +221,7 @@ def fold_constants(graph: Graph, ctx: PassContext) -> PassResult:
                 continue
             outs, rule = [shaped], "shape"
         else:
-            if not all(v is None or constant_of(v, graph) is not None for v in node.inputs):
+            if not all(v is None or is_fixed(v, graph) for v in node.inputs):
                 continue
             reason = _refusal(node, graph)
             if reason is None:
@@ -260,7 +263,7 @@ def _take_origins(node: Node, graph: Graph) -> tuple[str, ...]:
     die with it, and the new constant now stands for them."""
     names = list(origin_of([node]))
     for v in node.inputs:
-        if v is None or "origin" not in v.meta or v.const is None:
+        if v is None or "origin" not in v.meta or not v.is_const:
             continue
         if all(user is node for user, _ in v.uses) and not any(v is o for o in graph.outputs):
             # (popped: dead code then drops the spent constant without a fate of its own)

@@ -134,7 +134,7 @@ def _shape_only(node: Node, memo: dict[int, bool]) -> bool:
         ):
             memo[key] = all(
                 v is None
-                or v.const is not None
+                or v.is_const
                 or (v.producer is not None and _shape_only(v.producer, memo))
                 for v in node.inputs
             )

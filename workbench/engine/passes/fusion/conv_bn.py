@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...ir import Graph, Node, Value
+from ...ir import Computed, Graph, Node, Value
 from ..infra import PassContext, origin_of
 from ..rules import Match, Rule, RulePass, const_value, fused_name, initializer, like, producer
 
@@ -37,7 +37,7 @@ def release_constants(
     to remove those readers, and a constant nobody reads would still sit in every plan."""
     mine = {id(n) for n in readers}
     for v in values:
-        if v is None or v.const is None or graph.initializers.get(v.name) is not v:
+        if v is None or not v.is_const or graph.initializers.get(v.name) is not v:
             continue
         if v in graph.inputs or v in graph.outputs:
             continue
@@ -90,12 +90,24 @@ class ConvBatchNorm(Rule):
         conv, bn = match.values["conv"], match.values["bn"]
         graph = bn.graph
         gamma, beta, mean, var = (const_value(v).astype(np.float64) for v in bn.inputs[1:5])
-        w = const_value(conv.inputs[1])
+        w_in = conv.inputs[1]
+        w = const_value(w_in)
         has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
         b = const_value(conv.inputs[2]).astype(np.float64) if has_bias else 0.0
         s = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-        folded_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
         folded_b = ((b - mean) * s + beta).astype(w.dtype)
+        scale = s.reshape((-1,) + (1,) * (w.ndim - 1))
+
+        def fold_w(w: np.ndarray) -> np.ndarray:
+            return (w.astype(np.float64) * scale).astype(w.dtype)
+
+        # a weight read from its file when needed is folded when needed too: the kernel
+        # that packs it then holds the only copy (ir.Deferred)
+        if w_in.const_deferred:
+            folded_w = Computed(lambda: fold_w(w_in.const), w.shape, w.dtype)
+        else:
+            folded_w = fold_w(w)
+        del w
         origin = origin_of([conv, bn])
         w_val = initializer(graph, f"{conv.inputs[1].name}_bn_folded", folded_w, origin)
         b_val = initializer(graph, f"{bn.inputs[2].name}_conv_folded", folded_b, origin)

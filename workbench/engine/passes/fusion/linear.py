@@ -31,18 +31,23 @@ FUSED_MATMUL = define_op(
 )
 
 
-def _rank(v: Value | None) -> int | None:
+def _shape(v: Value | None) -> tuple | None:
+    """`v`'s shape; a constant's without reading its data (a weight may be in its file)."""
+    if v is not None and v.is_const:
+        return v.const_shape
     c = const_value(v)
-    if c is not None:
-        return c.ndim
-    return len(v.shape) if v is not None and v.shape is not None else None
+    return tuple(c.shape) if c is not None else None if v is None else v.shape
+
+
+def _rank(v: Value | None) -> int | None:
+    shape = _shape(v)
+    return None if shape is None else len(shape)
 
 
 def _width(mm: Node) -> int | None:
     """N, the last dim of the MatMul output, when it is known."""
     for v in (mm.outputs[0], mm.inputs[1]):
-        c = const_value(v)
-        shape = tuple(c.shape) if c is not None else v.shape
+        shape = _shape(v)
         if shape and isinstance(shape[-1], int):
             return shape[-1]
     return None
