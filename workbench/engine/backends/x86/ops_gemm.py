@@ -392,8 +392,9 @@ class _TunedProduct:
     """x2 @ bm by the algorithm selected per row count (rows vary with batch and sequence).
 
     `bm` is a view of a constant, or a function making it afresh: the kernel's own copy
-    (a reordered conv weight), made for each selection and then kept only by the
-    algorithms that read it per call (see `_gemm_builders`)."""
+    (a reordered conv weight, or a weight read from its file when needed: ir.Deferred),
+    made for each selection and then kept only by the algorithms that read it per call
+    (see `_gemm_builders`)."""
 
     def __init__(
         self,
