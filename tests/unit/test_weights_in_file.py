@@ -84,6 +84,18 @@ def test_a_file_rewritten_after_loading_is_an_error_that_names_the_tensor(tmp_pa
         _ = model.graph.initializers["w"].const
 
 
+def test_saving_over_the_file_a_model_came_from_keeps_its_weights_first(tmp_path, weight):
+    path = tmp_path / "m.onnx"
+    onnx.save(matmul_model(weight), path)
+    model = wb.load(path)
+    sess = wb.Session(model, "reference", level=1)  # (its optimized copy shares the weights)
+    x = np.ones((3, K), np.float32)
+    want = sess.run({"x": x})["y"]
+    wb.save(model, path)  # rewrites the file the weights were left in
+    np.testing.assert_array_equal(model.graph.initializers["w"].const, weight)
+    np.testing.assert_array_equal(wb.Session(sess.model, "reference").run({"x": x})["y"], want)
+
+
 def test_clones_and_saved_copies_of_a_model_from_a_file_hold_the_same_weights(
     tmp_path, weight, reads
 ):

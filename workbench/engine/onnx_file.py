@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import weakref
 from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
@@ -152,12 +153,17 @@ class FileConst(Deferred):
     file's size and mtime at load are checked before each read, so a file rewritten since
     is an error that says so, not other weights."""
 
-    __slots__ = ("label", "name", "span", "stamp")
+    __slots__ = ("__weakref__", "kept", "label", "name", "span", "stamp")
 
     def __init__(self, span: Span, shape: tuple[int, ...], dtype: np.dtype, name: str, label: str):
         super().__init__(shape, dtype.newbyteorder("<"))
         self.span, self.name, self.label = span, name, label
         self.stamp = _stamp(span.path)
+        self.kept: np.ndarray | None = None  # read for good (see keep_in_memory)
+        _LEFT_IN.setdefault(os.path.realpath(span.path), weakref.WeakSet()).add(self)
+
+    def load(self) -> np.ndarray:
+        return self.kept if self.kept is not None else super().load()
 
     def make(self) -> np.ndarray:
         where = f"{self.label}: tensor {self.name!r}"
@@ -172,6 +178,18 @@ class FileConst(Deferred):
         except OSError as e:
             raise ModelLoadError(f"{where}: cannot read it from the file: {e}") from None
         return arr
+
+
+# file -> the FileConsts still alive that read from it (of every model loaded from it)
+_LEFT_IN: dict[str, weakref.WeakSet] = {}
+
+
+def keep_in_memory(path: str | os.PathLike) -> None:
+    """Read every weight still left in the file at `path` into memory for good: called
+    before that file is written over (`save` to the path a model was loaded from), so the
+    models loaded from it keep working."""
+    for const in list(_LEFT_IN.pop(os.path.realpath(path), ())):
+        const.kept = const.load()
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -192,6 +210,7 @@ __all__ = [
     "READ_SEPARATELY_BYTES",
     "FileConst",
     "Span",
+    "keep_in_memory",
     "light_model_bytes",
     "read_into",
     "sha256_of",

@@ -651,6 +651,7 @@ def save(
     proto = to_onnx(model) if isinstance(model, Model) else model
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_file.keep_in_memory(path)  # (weights of models loaded from it are read from it)
     if external_data:
         onnx.save_model(
             proto,
