@@ -74,6 +74,22 @@ def test_transpose_concat(dtype):
     assert not np.shares_memory(y, x)
 
 
+@pytest.mark.parametrize(
+    "shape, perm",
+    [
+        ((1, 1, 1, 1280), [0, 3, 1, 2]),  # NHWC -> NCHW of a 1x1 image: a copy in order
+        ((1, 5, 1, 1), [0, 2, 3, 1]),
+        ((3, 1, 4), [1, 0, 2]),
+        ((1, 3, 1, 2), [0, 3, 2, 1]),  # sizes 3 and 2 swap: a real transpose
+        ((2, 1, 3), None),
+    ],
+)
+def test_transpose_that_moves_only_axes_of_size_one(shape, perm):
+    x = f32(*shape)
+    (y,) = check("Transpose", [x], {} if perm is None else {"perm": perm})
+    assert not np.shares_memory(y, x)
+
+
 @pytest.mark.parametrize("opset", [11, 13, 18])
 def test_split(opset):
     x = f32(7, 4)

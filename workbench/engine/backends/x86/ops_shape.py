@@ -136,6 +136,12 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     def run(x, out=None):
         o = dest(out)
+        if _keeps_order(x.shape, perm):  # the values in the same order: a reshape's copy
+            y = x.reshape(np.transpose(x, perm).shape)
+            if o is None:
+                return (y.copy(),)
+            np.copyto(o, y)
+            return (o,)
         if layout is not None and x.ndim == 4 and x.dtype == np.float32:
             # NCHW <-> NHWC (the channels_last pass's transposes): tiled, over the threads
             y = np.empty(np.transpose(x, perm).shape, np.float32) if o is None else o
@@ -150,6 +156,14 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     run.writes_out = True
     return run
+
+
+def _keeps_order(shape: tuple[int, ...], perm: list[int] | None) -> bool:
+    """Whether transposing by `perm` moves only axes of size 1 (NHWC <-> NCHW of a 1x1
+    image: 23 us through the layout kernel for MobileNetV2's 1280 values, ~2 as a copy)."""
+    order = list(range(len(shape)))[::-1] if perm is None else perm
+    moved = [a for a in order if shape[a] != 1]
+    return moved == sorted(moved)
 
 
 @kernels.register("Concat", since=1)
