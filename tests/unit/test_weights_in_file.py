@@ -32,6 +32,22 @@ def matmul_model(weight: np.ndarray) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def gemm_model(weight: np.ndarray) -> onnx.ModelProto:
+    """Gemm by the weight transposed (transB=1, as torch's Linear exports), with a bias."""
+    n, k = weight.shape[1], weight.shape[0]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "wt", "c"], ["y"], transB=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])],
+        [
+            numpy_helper.from_array(np.ascontiguousarray(weight.T), "wt"),
+            numpy_helper.from_array(np.zeros(n, np.float32), "c"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.fixture
 def weight() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((K, N)).astype(np.float32)
@@ -109,24 +125,25 @@ def test_clones_and_saved_copies_of_a_model_from_a_file_hold_the_same_weights(
     np.testing.assert_array_equal(again, weight)
 
 
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
 @pytest.mark.parametrize("algorithm", ["gemm", "mkl_packed"])
 def test_an_x86_plan_keeps_one_copy_of_a_weight_in_its_file(
-    tmp_path, monkeypatch, weight, algorithm
+    tmp_path, monkeypatch, weight, algorithm, op
 ):
     if algorithm.startswith("mkl") and not _mkl.available():
         pytest.skip(f"MKL's packed GEMM is not available here: {_mkl.why()}")
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))  # (an empty autotune cache)
     path = tmp_path / "m.onnx"
-    onnx.save(matmul_model(weight), path)
-    with autotune.settings(force={"MatMul": algorithm}):
+    onnx.save(matmul_model(weight) if op == "MatMul" else gemm_model(weight), path)
+    with autotune.settings(force={op: algorithm}):
         sess = wb.Session(wb.load(path), "x86")
     x = np.random.default_rng(2).standard_normal((3, K)).astype(np.float32)
     y = sess.run({"x": x})["y"]
     assert sess.kernels()[0]["algorithm"].startswith(algorithm)
     np.testing.assert_allclose(y, x @ weight, rtol=1e-5, atol=1e-5)
-    w = sess.model.graph.initializers["w"]
+    w = sess.model.graph.initializers["w" if op == "MatMul" else "wt"]
     stand_in = sess.plan.template[sess.plan.slot[id(w)]]
-    assert stand_in.shape == (K, N) and stand_in.dtype == np.float32
+    assert stand_in.shape == w.const_shape and stand_in.dtype == np.float32
     assert stand_in.strides == (0, 0)  # no memory of its own: the kernel holds the weight
     gc.collect()
     reads: list[int] = []

@@ -540,6 +540,7 @@ def fused_gemm(node: Node, ctx: CompileContext) -> KernelFn | None:
 
     run.algorithm = f"{getattr(gemm, 'algorithm', 'gemm')}+epilogue"
     run.writes_out = getattr(gemm, "writes_out", False)
+    run.baked = getattr(gemm, "baked", ())
     _relay(gemm, run)
     return run
 

@@ -49,19 +49,26 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
     beta = float(a.get("beta", 1.0))
     trans_a = bool(a.get("transA", 0))
     trans_b = bool(a.get("transB", 0))
-    b_const = const_input(node, 1)
     c_const = const_input(node, 2)
 
-    bm = None
-    if b_const is not None and b_const.ndim == 2:
-        bm = b_const.T if trans_b else b_const
+    def prepared() -> np.ndarray:
+        b = node.inputs[1].const
+        bm = b.T if trans_b else b
         # alpha folded into B: one pass less per call, at a rounding step of difference.
         # A transposed B stays a view of the initializer (BLAS and MKL read either order;
         # a C-ordered copy is a candidate of its own, gemm_bt, that counts its memory)
         if alpha != 1.0:
-            bm = np.ascontiguousarray(bm * bm.dtype.type(alpha))
-        elif not (bm.flags.c_contiguous or bm.flags.f_contiguous):
-            bm = np.ascontiguousarray(bm)
+            return np.ascontiguousarray(bm * bm.dtype.type(alpha))
+        if not (bm.flags.c_contiguous or bm.flags.f_contiguous):
+            return np.ascontiguousarray(bm)
+        return bm
+
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    shape = w.const_shape if w is not None else None
+    bm = prepared() if shape is not None and len(shape) == 2 else None
+    # a B made when needed (ir.Deferred) is the kernel's own: read again where the products
+    # do not hold a form of it (see _weight), and only a stand-in in the plan's env
+    own = bm is not None and node.inputs[1].const_deferred
     cm = None
     if c_const is not None and beta != 0.0:
         cm = np.ascontiguousarray(c_const * c_const.dtype.type(beta) if beta != 1.0 else c_const)
@@ -72,10 +79,10 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
         xa = x.T if trans_a else x
         o = _same_dtype(dest(out), x, b)
         if tuned is not None and not trans_a and x.dtype == np.float32 and x.shape[1] == k:
-            y = np.empty((x.shape[0], bm.shape[1]), np.float32) if o is None else o
+            y = np.empty((x.shape[0], n), np.float32) if o is None else o
             tuned(x, y)
-        elif bm is not None:
-            y = np.matmul(xa, bm, out=o)
+        elif bm is not None or own:
+            y = np.matmul(xa, bm if bm is not None else prepared(), out=o)
         else:
             y = np.matmul(xa, b.T if trans_b else b, out=o)
             if alpha != 1.0:
@@ -91,14 +98,16 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
         return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
 
     run.algorithm, run.writes_out = "gemm", True
-    tuned, k = None, -1
+    tuned, (k, n) = None, (-1, -1) if bm is None else bm.shape
     if _tunable(bm) and not trans_a:
-        k = bm.shape[0]
         run.listeners, run.candidates, run.suffix = [], {}, ""
-        tuned = _TunedProduct("Gemm", bm, run)
-        shape = node.inputs[0].shape
-        if shape and len(shape) == 2 and isinstance(shape[0], int) and shape[0] > 0:
-            tuned.select(shape[0])
+        tuned = _TunedProduct("Gemm", prepared if own else bm, run, (k, n))
+        rows = node.inputs[0].shape
+        if rows and len(rows) == 2 and isinstance(rows[0], int) and rows[0] > 0:
+            tuned.select(rows[0])
+    if own:  # (b: its shape and dtype are read, not its data)
+        run.baked = (1,)
+        bm = None if tuned is not None else bm  # (the products hold their form of it)
     return run
 
 
@@ -124,11 +133,12 @@ def _weight(v: Value) -> Callable[[], np.ndarray]:
 def matmul(node: Node, ctx: CompileContext) -> Callable | None:
     if declines_dtype(node) or declines_dtype(node, 1):
         return None
-    b_const = const_input(node, 1)
-    if b_const is not None and b_const.ndim == 2:
-        weight = _weight(node.inputs[1])
-        bm = weight()
-        (k, n), bdt = bm.shape, bm.dtype
+    shape = node.inputs[1].const_shape if node.inputs[1] is not None else None
+    if shape is not None and len(shape) == 2:
+        weight, own = _weight(node.inputs[1]), node.inputs[1].const_deferred
+        # (one made when needed is read when selection packs it, not now as well)
+        bm = None if own else weight()
+        (k, n), bdt = shape, (node.inputs[1].dtype if own else bm.dtype)
 
         def run_flat(x, b, out=None, post=None):
             """`post` (float32 x of 2 or more dims only, see _gemm_builders): the
@@ -162,16 +172,15 @@ def matmul(node: Node, ctx: CompileContext) -> Callable | None:
 
         run_flat.algorithm, run_flat.writes_out, run_flat.baked = "gemm_flat", True, (1,)
         tuned = None
-        if _tunable(bm):
+        if bdt == np.float32:
             run_flat.takes_post, run_flat.bind = True, bind
             run_flat.listeners, run_flat.candidates, run_flat.suffix = [], {}, "_flat"
-            own = node.inputs[1].const_deferred  # (then the copy it reads is the kernel's)
             tuned = _TunedProduct("MatMul", weight if own else bm, run_flat, (k, n))
             rows = _static_rows(node)
             if rows is not None:
                 tuned.select(rows)
-        del bm, b_const  # (a weight in its file is read again when needed: see _weight)
         return run_flat
+    b_const = const_input(node, 1)
     bc = np.ascontiguousarray(b_const) if b_const is not None else None
 
     def run(x, b, out=None):
