@@ -45,6 +45,15 @@ def release_constants(
             del graph.initializers[v.name]
 
 
+def _shape_and_dtype(v: Value | None) -> tuple[tuple[int, ...], np.dtype | None] | None:
+    """A constant's shape and dtype, an initializer's without reading its data (it may be
+    left in its file: ir.Deferred); None when `v` is not constant."""
+    if v is not None and v.is_const:
+        return v.const_shape, v.dtype
+    data = const_value(v)
+    return None if data is None else (data.shape, data.dtype)
+
+
 class ConvBatchNorm(Rule):
     """BatchNormalization(Conv(x, w[, b])) -> Conv(x, w', b') with the BN folded in."""
 
@@ -69,15 +78,15 @@ class ConvBatchNorm(Rule):
             if data is None:
                 return f"BatchNormalization {role} is not constant"
             params[role] = data
-        w = const_value(conv.inputs[1])
+        w = _shape_and_dtype(conv.inputs[1])
         if w is None:
             return "Conv weight is not constant"
-        if w.dtype.kind != "f" or w.ndim < 3:
-            return f"Conv weight is {w.dtype} of shape {list(w.shape)}, not a float kernel"
+        if w[1] is None or w[1].kind != "f" or len(w[0]) < 3:
+            return f"Conv weight is {w[1]} of shape {list(w[0])}, not a float kernel"
         has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
         if has_bias and const_value(conv.inputs[2]) is None:
             return "Conv bias is not constant"
-        m = w.shape[0]
+        m = w[0][0]
         for role, data in params.items():
             if data.size != m or data.ndim != 1:
                 return (
@@ -91,12 +100,12 @@ class ConvBatchNorm(Rule):
         graph = bn.graph
         gamma, beta, mean, var = (const_value(v).astype(np.float64) for v in bn.inputs[1:5])
         w_in = conv.inputs[1]
-        w = const_value(w_in)
+        shape, dtype = _shape_and_dtype(w_in)
         has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
         b = const_value(conv.inputs[2]).astype(np.float64) if has_bias else 0.0
         s = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-        folded_b = ((b - mean) * s + beta).astype(w.dtype)
-        scale = s.reshape((-1,) + (1,) * (w.ndim - 1))
+        folded_b = ((b - mean) * s + beta).astype(dtype)
+        scale = s.reshape((-1,) + (1,) * (len(shape) - 1))
 
         def fold_w(w: np.ndarray) -> np.ndarray:
             return (w.astype(np.float64) * scale).astype(w.dtype)
@@ -104,10 +113,9 @@ class ConvBatchNorm(Rule):
         # a weight read from its file when needed is folded when needed too: the kernel
         # that packs it then holds the only copy (ir.Deferred)
         if w_in.const_deferred:
-            folded_w = Computed(lambda: fold_w(w_in.const), w.shape, w.dtype)
+            folded_w = Computed(lambda: fold_w(w_in.const), shape, dtype)
         else:
-            folded_w = fold_w(w)
-        del w
+            folded_w = fold_w(const_value(w_in))
         origin = origin_of([conv, bn])
         w_val = initializer(graph, f"{conv.inputs[1].name}_bn_folded", folded_w, origin)
         b_val = initializer(graph, f"{bn.inputs[2].name}_conv_folded", folded_b, origin)
