@@ -7,6 +7,7 @@ thread setting (workbench/_threads.py) reaches BLAS and numba."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -337,6 +338,30 @@ def test_selection_stops_measuring_when_the_process_budget_is_spent(monkeypatch)
     autotune.reset_budget()
     sess, _ = session("Conv", [f32(*xs), f32(*ws)], attrs, consts=(1,))
     assert sess.plan.steps[0].run.choice.source == "measured"
+
+
+def test_the_budget_counts_timed_calls_not_warm_ups(monkeypatch):
+    """A candidate's first call compiles its kernels on a machine whose numba cache is
+    empty: it is not measuring, and must not spend the budget other nodes need."""
+    calls = []
+
+    def slow_first():
+        def fn(x):
+            calls.append(x)
+            if len(calls) == 1:
+                time.sleep(0.3)  # (the warm-up: a JIT compile)
+
+        return fn
+
+    monkeypatch.setattr(autotune, "PROCESS_BUDGET_S", 0.2)
+    autotune.reset_budget()
+    fast = {"a": slow_first, "b": lambda: lambda x: None}
+    key = autotune.cache_key("Test", ["warm-up", time.time()], {})
+    _, _, choice = autotune.select("Test", key, fast, "a", lambda: (1,))
+    assert choice.source == "measured" and len(calls) > 1
+    assert autotune.stats["seconds"] < 0.2  # the 0.3 s warm-up not counted
+    key2 = autotune.cache_key("Test", ["warm-up 2", time.time()], {})
+    assert autotune.select("Test", key2, fast, "a", lambda: (1,))[2].source == "measured"
 
 
 def test_selection_measures_once_then_hits_the_disk_cache():

@@ -54,6 +54,13 @@ CASES = [
     (1, 15, 13, 3, 64, 7, {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
     (1, 6, 9, 4, 48, 1, {"strides": [1, 2]}),
     (1, 8, 8, 1, 5, 3, {}),
+    # 64 channels a pass (4 x 64 registers), with groups of 4 inside pixels: a wider stem
+    (1, 20, 30, 3, 64, 7, {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
+    # 96 channels: three passes of 32; 40: one of 64, partly stored
+    (1, 12, 21, 3, 96, 3, {"pads": [1, 1, 1, 1]}),
+    (1, 9, 17, 2, 40, 3, {"pads": [0, 1, 2, 1], "strides": [1, 2]}),
+    # dilated, 64 channels: every pixel goes the checked way
+    (1, 10, 14, 2, 64, 3, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
 ]
 
 

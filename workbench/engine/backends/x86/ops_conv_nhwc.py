@@ -174,12 +174,28 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
     run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
     # a weight made when needed (ir.Deferred) is the products' own copy; one the graph
     # holds is read as it is
-    product = _TunedProduct("MatMul", bm if wv.const_deferred else bm(), run, (c, m))
+    product = _TunedProduct(
+        "MatMul", bm if wv.const_deferred else bm(), run, (c, m), _measured_with(node, bias, act)
+    )
     shape = node.inputs[0].shape
     rows = _static_rows(node) if shape is not None and len(shape) == 4 else None
     if rows is not None:
         product.select(rows)
     return run
+
+
+def _measured_with(node: Node, bias: np.ndarray | None, act: tuple) -> Callable:
+    """rows -> the epilogue the node's products run, for their candidates' measuring: its
+    bias (zeros if given at run time), activation and, where it has one, a residual."""
+    m = node.inputs[1].const_shape[0]
+    bv = np.zeros(m, np.float32) if bias is None else bias
+    residual = len(node.inputs) > 3 and node.inputs[3] is not None
+
+    def post(rows: int) -> Epilogue:
+        z = np.ones(rows * m, np.float32) if residual else _EMPTY
+        return Epilogue(bv, z, act)
+
+    return post
 
 
 @njit
@@ -276,7 +292,7 @@ def _im2col(
     run.listeners, run.candidates, run.suffix = [], {}, "_im2col_nhwc"
     run.algorithm = "gemm_im2col_nhwc"
     run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
-    product = _TunedProduct("MatMul", bm, run, (kh * kw * c, m))
+    product = _TunedProduct("MatMul", bm, run, (kh * kw * c, m), _measured_with(node, bias, act))
     ys = node.outputs[0].shape
     if ys is not None and len(ys) == 4 and all(isinstance(d, int) and d > 0 for d in ys[1:3]):
         product.select(ys[1] * ys[2])
