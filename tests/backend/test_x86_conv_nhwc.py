@@ -204,6 +204,33 @@ def test_winograd_is_a_candidate_of_3x3_stride_1_convs_only():
     assert not wino & set(step.run.candidates)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("k", [1, 3])
+def test_gemm_candidates_are_measured_with_the_nodes_epilogue(monkeypatch, residual, k):
+    """Each GEMM candidate is timed as the model runs it: with the node's bias, activation
+    and residual on each part's block (a split by columns reads its blocks back from L3)."""
+    from workbench.engine.backends.x86.ops_fused_conv import Epilogue
+
+    seen = []
+    real = autotune.measure
+
+    def spy(fn, args, best=float("inf")):
+        seen.append(args)
+        return real(fn, args, best)
+
+    monkeypatch.setattr(autotune, "measure", spy)
+    x, w, b = f32(1, 64, 32, 32), f32(48, 64, k, k), f32(48)  # (enough work to be measured)
+    z = f32(1, 48, 32, 32) if residual else None
+    attrs = {"activation": "Relu", **({"pads": [1, 1, 1, 1]} if k == 3 else {})}
+    _compare(x, w, b, z, attrs)
+    gemm = [a for a in seen if len(a) == 3 and a[0].shape == (32 * 32, 64 * k * k)]
+    assert gemm, "no GEMM candidate measured"
+    for _, o2, post in gemm:
+        assert isinstance(post, Epilogue) and post.act == 1
+        np.testing.assert_array_equal(post.bias, b)
+        assert post.z.size == (o2.size if residual else 0)
+
+
 def test_pointwise_without_bias_or_residual():
     x, w = f32(1, 5, 3, 4), f32(9, 5, 1, 1)
     _compare(x, w, None, None, {})
