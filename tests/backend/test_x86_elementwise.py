@@ -223,6 +223,26 @@ def test_reduce(op, opset, axes, keepdims):
     assert y.dtype == np.float32
 
 
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean"])
+@pytest.mark.parametrize(
+    ("shape", "axes", "keepdims"),
+    [
+        ((1, 7, 7, 37), [1, 2], 1),  # a channels-last global average pool, odd channels
+        ((2, 5, 3, 4, 3), [1, 2], 0),  # adjacent axes in the middle, a batch of 2
+        ((3, 4, 5), [0, 1], 1),  # the leading axes
+        ((3, 4, 5), [1, 2], 0),  # the trailing axes: numpy's own reduction
+    ],
+)
+def test_reduce_over_adjacent_axes(op, shape, axes, keepdims):
+    """Adjacent axes of a contiguous input are one add.reduce over the middle of (before,
+    reduced, after) (ops_reduce._sum_into); an integer input keeps numpy's own."""
+    (y,) = _reduce(op, f32(*shape), axes, keepdims, 13)
+    want = np.sum if op == "ReduceSum" else np.mean
+    assert y.shape == want(np.zeros(shape), axis=tuple(axes), keepdims=bool(keepdims)).shape
+    x = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 7
+    _reduce(op, x, axes, keepdims, 13)
+
+
 @pytest.mark.parametrize(("op", "opset"), [("ReduceSum", 11), ("ReduceSum", 13)])
 def test_reduce_sum_opsets(op, opset):
     _reduce(op, f32(3, 4, 2), [1], 1, opset)

