@@ -83,3 +83,30 @@ def test_emulated_arm_worker_drops_host_cpu(monkeypatch, tmp_path):
     argv, env, emulated = client.worker_command()
     assert emulated and argv[0] == "qemu-aarch64-static"
     assert "NUMBA_CPU_FEATURES" not in env and "NUMBA_CPU_NAME" not in env
+
+
+KEY = """
+from workbench.engine.backends.x86 import _numba, autotune
+print(autotune.cache_key("MatMul", [128, 768, 768], {}))
+"""
+
+
+@needs_avx512
+def test_a_child_process_keeps_its_parents_setting_and_cache_keys(tmp_path):
+    """A workbench process started by one (the benchmark's memory processes) inherits its
+    NUMBA_CPU_FEATURES: the same 512-bit code, so the same autotune keys, or it measures
+    again what its parent chose (GPT-2's logits packed twice over: +500 MiB peak)."""
+    parent = probe(tmp_path)
+    assert parent["set"].endswith(",-prefer-256-bit")
+    child = probe(tmp_path, NUMBA_CPU_FEATURES=parent["set"])
+    assert child["set"] == parent["set"] and child["zmm"]
+
+    def key(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+        out = subprocess.run(
+            [sys.executable, "-c", KEY], env={**base, **env}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    assert key(NUMBA_CPU_FEATURES=parent["set"]) == key()

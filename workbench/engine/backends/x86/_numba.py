@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+_WIDE = ",-prefer-256-bit"  # the end of the features `_wide_vectors` sets
+
 
 def _wide_vectors() -> str:
     """Have LLVM use AVX-512's full 512-bit vectors in our kernels: on AVX-512 CPUs of the
@@ -29,8 +31,14 @@ def _wide_vectors() -> str:
     compiles anything: an environment variable, so that numba's re-reading of its settings
     keeps it (the emulated arm worker drops it, see remote/client.py). Left alone when the
     user set NUMBA_CPU_FEATURES or NUMBA_CPU_NAME, off x86-64, without AVX-512, or with
-    WORKBENCH_VECTOR_BITS=256. Returns what was set ('' for nothing)."""
+    WORKBENCH_VECTOR_BITS=256. Returns what was set ('' for nothing): also what a workbench
+    process this one descends from set (the benchmark's memory processes, remote workers),
+    for their code is the same and autotune's cache keys must be too (a child that said ''
+    missed its parent's choices and measured GPT-2's logits again: 150 MiB packed twice)."""
     env = os.environ
+    inherited = env.get("NUMBA_CPU_FEATURES", "")
+    if inherited.endswith(_WIDE):
+        return inherited
     if "NUMBA_CPU_FEATURES" in env or "NUMBA_CPU_NAME" in env:
         return ""
     if env.get("WORKBENCH_VECTOR_BITS", "").strip() == "256":
@@ -45,7 +53,7 @@ def _wide_vectors() -> str:
         return ""
     if not features.get("avx512f"):
         return ""
-    value = env["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+    value = env["NUMBA_CPU_FEATURES"] = features.flatten() + _WIDE
     if "numba" in sys.modules:  # imported already (not compiled, we hope): its settings too
         sys.modules["numba"].config.CPU_FEATURES = value
     return value
