@@ -77,8 +77,8 @@ FINAL_MIB = 256.0
 # default (source "budget"), so a first compile of a big model on a busy machine stays
 # bounded; WORKBENCH_AUTOTUNE_BUDGET (seconds) changes it. Only timed calls count: the
 # warm-up calls compile the candidates' kernels on a machine whose numba cache is empty,
-# and counting them spent the budget on ResNet-50's first two convs (every other node
-# took its default on a fresh machine).
+# and counting them spent the budget on ResNet-50's stem (every other conv took its
+# default on a fresh machine).
 PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
 # a candidate this much slower than the fastest (relative) still counts as fast: the one
 # holding the least memory among those wins
