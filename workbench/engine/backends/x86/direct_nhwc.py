@@ -61,7 +61,7 @@ def pad_bias(b: np.ndarray | None, m: int, mp: int) -> np.ndarray:
     return bp
 
 
-@njit(fastmath=CONTRACT, inline="always")  # (a call per store measured 2x the kernel's time)
+@njit(fastmath=CONTRACT, inline="always")  # (in the group kernels, not a call per vector)
 def _put(y, at, left, acc):  # pragma: no cover - compiled
     """acc's lanes into y[at:at + min(16, left)]."""
     if left >= 16:
