@@ -86,7 +86,7 @@ def test_emulated_arm_worker_drops_host_cpu(monkeypatch, tmp_path):
 
 
 KEY = """
-from workbench.engine.backends.x86 import _numba, autotune
+from workbench.engine.backends.x86 import autotune
 print(autotune.cache_key("MatMul", [128, 768, 768], {}))
 """
 

@@ -74,13 +74,16 @@ def _empty(x: np.ndarray, axes: tuple[int, ...] | None) -> bool:
 def _reduce_fn(op: str):
     """f(x, axes or None for all, keepdims) -> the reduction, in x's dtype."""
 
+    def summed_as_is(x) -> bool:  # (float16 is summed in float32: numpy's own way)
+        return x.dtype.kind == "f" and x.dtype == _acc_dtype(x.dtype) and x.size > 0
+
     def r_sum(x, ax, kd):
-        if x.dtype.kind == "f" and x.dtype == _acc_dtype(x.dtype) and x.size:
+        if summed_as_is(x):
             return _sum_into(x, ax, kd, None)
         return np.sum(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
 
     def r_mean(x, ax, kd):
-        if x.dtype.kind == "f" and x.dtype == _acc_dtype(x.dtype) and x.size:
+        if summed_as_is(x):
             return _sum_into(x, ax, kd, None, mean=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.mean(x, axis=ax, keepdims=kd, dtype=_acc_dtype(x.dtype))
