@@ -364,6 +364,37 @@ def test_the_budget_counts_timed_calls_not_warm_ups(monkeypatch):
     assert autotune.select("Test", key2, fast, "a", lambda: (1,))[2].source == "measured"
 
 
+def test_each_timed_call_follows_a_parallel_loop_as_in_a_model(monkeypatch):
+    """In a model the kernel before a node's has just run its parts on numba's threads,
+    which then spin; a candidate on the Python pool shares the cores with them. So every
+    timed call (not the warm-ups) comes right after such a loop (`_previous_kernel`)."""
+    events = []
+    monkeypatch.setattr(autotune, "_previous_kernel", lambda: lambda: events.append("loop"))
+
+    def candidate(name):
+        def fn(x):
+            events.append(name)
+            time.sleep(0.002)  # (alike: both within FINAL_RATIO, measured again in turns)
+
+        return lambda: fn
+
+    key = autotune.cache_key("Test", ["after a loop", time.time()], {})
+    autotune.select("Test", key, {"a": candidate("a"), "b": candidate("b")}, "a", lambda: (1,))
+    calls = [i for i, e in enumerate(events) if e != "loop"]
+    after_loop = [i for i in calls if i > 0 and events[i - 1] == "loop"]
+    # warm-ups: one per candidate measured, one per finalist measured again (both here)
+    assert len(calls) - len(after_loop) == 4 and len(after_loop) >= 2 * autotune.REPS
+    assert events.count("loop") == len(after_loop)
+
+
+def test_the_loop_before_a_timed_call_runs_on_numbas_threads():  # (2 threads: conftest)
+    from workbench.engine.backends.x86 import _native
+
+    before = autotune._previous_kernel()
+    assert before is (_native.spin_up if _native.available() else autotune._nothing)
+    before()  # (runs: a parallel loop of next to no work)
+
+
 def test_selection_measures_once_then_hits_the_disk_cache():
     xs, ws, attrs = BIG
     w = f32(*ws)

@@ -234,9 +234,10 @@ def test_reduce(op, opset, axes, keepdims):
     ],
 )
 def test_reduce_over_adjacent_axes(op, shape, axes, keepdims):
-    """Adjacent axes of a contiguous input are one add.reduce over the middle of (before,
-    reduced, after) (ops_reduce._sum_into); an integer input keeps numpy's own."""
+    """Adjacent axes of a contiguous float input are one compiled sum over the middle of
+    (before, reduced, after) (ops_reduce._sum_middle); an integer input keeps numpy's own."""
     (y,) = _reduce(op, f32(*shape), axes, keepdims, 13)
+    _reduce(op, f32(*shape).astype(np.float64), axes, keepdims, 13)
     want = np.sum if op == "ReduceSum" else np.mean
     assert y.shape == want(np.zeros(shape), axis=tuple(axes), keepdims=bool(keepdims)).shape
     x = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 7

@@ -335,6 +335,21 @@ def _nothing() -> None:
     pass
 
 
+@njit(parallel=True)
+def _clear(x):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        x[i] = 0.0
+
+
+_SPIN_PART = np.zeros(64)
+
+
+def spin_up() -> None:
+    """A parallel loop of next to no work on numba's threads, which then spin for a while
+    as after any kernel's (autotune times its candidates right after one)."""
+    _clear(_SPIN_PART)
+
+
 # fmt: off
 @njit(fastmath=CONTRACT)
 def _depthwise_part(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br,
@@ -380,5 +395,5 @@ def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[
 
 __all__ = [
     "available", "conv_gemm", "depthwise_call", "packed_ranges", "packed_rows_call",
-    "packed_split_call", "rows_call", "why",
+    "packed_split_call", "rows_call", "spin_up", "why",
 ]  # fmt: skip

@@ -86,7 +86,7 @@ MEMORY_SLACK = float(os.environ.get("WORKBENCH_MEMORY_SLACK", "0.03"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 13
+CACHE_VERSION = 14
 
 Builder = Callable[[], Callable[..., Any]]
 
@@ -225,11 +225,12 @@ def measure(fn: Callable[..., Any], args: tuple, best: float = math.inf) -> floa
     """Median seconds of `fn(*args)`: one warm-up call (numba loads its code, BLAS wakes its
     threads, pages fault in), then up to REPS calls within BUDGET_S; a candidate already 3x
     slower than `best` on its first timed call is not timed further."""
-    clock = time.perf_counter
+    clock, before = time.perf_counter, _previous_kernel()
     fn(*args)
     times: list[float] = []
     stop = clock() + BUDGET_S
     for _ in range(REPS):
+        before()
         t0 = clock()
         fn(*args)
         times.append(clock() - t0)
@@ -320,13 +321,14 @@ def confirm(
     """Median ms of each of `fns` (plus its `charge`, seconds) timed in turns: a warm-up
     call each, then rounds of one call each, `FINAL_ROUNDS` of them (at least 3 within
     BUDGET_S per candidate)."""
-    clock = time.perf_counter
+    clock, before = time.perf_counter, _previous_kernel()
     for fn in fns.values():
         fn(*args)
     times: dict[str, list[float]] = {name: [] for name in fns}
     stop = clock() + BUDGET_S * len(fns)
     for r in range(FINAL_ROUNDS):
         for name, fn in fns.items():
+            before()
             t0 = clock()
             fn(*args)
             times[name].append(clock() - t0)
@@ -334,6 +336,27 @@ def confirm(
             break
     stats["seconds"] += sum(sum(t) for t in times.values())
     return {n: round((_median(t) + charge.get(n, 0.0)) * 1e3, 4) for n, t in times.items()}
+
+
+def _previous_kernel() -> Callable[[], None]:
+    """What runs before each timed call, untimed: a parallel loop on numba's threads, as
+    the kernel before this one in a model most often is (the convolutions, MKL's GEMMs
+    and the fused kernels run their parts there). Its threads then spin for a while
+    (_threads.GOMP_SPINCOUNT), and a candidate whose parts run on the kernels' Python pool
+    (_parallel.py: the OpenBLAS GEMMs) shares the cores with them; timed alone, after its
+    own calls, it did not. MobileNetV2's 576 -> 96 1x1 conv (14x14, 2 threads): the
+    OpenBLAS GEMM 0.21-0.35 ms alone, 0.32-0.53 after the depthwise conv before it, where
+    the direct kernel on numba's threads took 0.15-0.18 either way; selection had picked
+    the GEMM (0.283 against 0.304 ms alone), and in the model it took 0.55-0.63."""
+    from . import _native  # (imports kernels that import this module)
+
+    if not _native.available() or _threads.current() < 2:
+        return _nothing
+    return _native.spin_up
+
+
+def _nothing() -> None:
+    pass
 
 
 def held(fn: Callable[..., Any]) -> int:

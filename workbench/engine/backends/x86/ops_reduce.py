@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base import deliver, dest
-from ._numba import const_input, has_input
+from ._numba import const_input, has_input, njit, u64
 from ._table import kernels
 from .ops_elementwise import ANY_STD, NUMBERS, as_array, dtypes_ok, ints_of
 
@@ -183,10 +183,11 @@ def _block(x: np.ndarray, ax: tuple[int, ...] | None) -> tuple[int, int, int] | 
 
 def _sum_into(x: np.ndarray, ax, kd: bool, o: np.ndarray | None, mean: bool = False) -> np.ndarray:
     """ReduceSum (ReduceMean) of x into o (a new array where None). Over adjacent axes of
-    a contiguous float x, as one add.reduce over the middle of (before, reduced, after):
-    rows of `after` values added with vector adds. (np.mean over a channels-last image's
-    (H, W), the global average pool of opt level 3, took 39 us for ResNet-50's 7x7x2048
-    and this 26.)"""
+    a contiguous float x, x is (before, reduced, after) and `_sum_middle` adds its rows of
+    `after` values with vector adds. (The global average pool of opt level 3, a mean over
+    a channels-last image's (H, W): np.mean took 39 us for ResNet-50's 7x7x2048 and one
+    add.reduce 26, hot; in the model, with numpy's reduction code cold after the convs,
+    add.reduce took 112-160 us on MobileNetV2's 7x7x1280.)"""
     block = _block(x, ax)
     if o is None and block is not None:
         kept = [1 if i in ax else d for i, d in enumerate(x.shape)]
@@ -195,11 +196,26 @@ def _sum_into(x: np.ndarray, ax, kd: bool, o: np.ndarray | None, mean: bool = Fa
         if mean:
             return np.mean(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o)
         return np.sum(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o)
-    flat = o.reshape(block[0], block[2])
-    np.add.reduce(x.reshape(block), axis=1, out=flat)
-    if mean:
-        flat *= x.dtype.type(1.0 / block[1])
+    scale = 1.0 / block[1] if mean else 1.0
+    _sum_middle(x.reshape(-1), *block, o.reshape(-1), x.dtype.type(scale))
     return o
+
+
+@njit
+def _sum_middle(x, nb, nr, na, y, scale):  # pragma: no cover - compiled
+    """y (nb, na) = scale * x (nb, nr, na) summed over its middle axis, both flat: row
+    after row added in order, each row one vector loop."""
+    for i in range(nb):
+        src, dst = i * nr * na, i * na
+        for k in range(na):
+            y[u64(dst + k)] = x[u64(src + k)]
+        for j in range(1, nr):
+            row = src + j * na
+            for k in range(na):
+                y[u64(dst + k)] += x[u64(row + k)]
+        if scale != 1.0:
+            for k in range(na):
+                y[u64(dst + k)] *= scale
 
 
 # reductions numpy can write into a given array (in the input's own dtype, as `fn` does)

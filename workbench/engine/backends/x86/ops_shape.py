@@ -133,6 +133,15 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
     layout = {(0, 2, 3, 1): to_channels_last, (0, 3, 1, 2): to_channels_first}.get(
         tuple(perm or ())
     )
+    shape = node.inputs[0].shape if node.inputs else None
+    if shape is not None and _keeps_order(tuple(d if d == 1 else 2 for d in shape), perm):
+        # Only axes of size 1 move, whatever the size of the others (an axis taken as
+        # larger than 1 that is 1 at run time moves nothing either): a reshape, as a view
+        # (the channels_last pass's [N, 1, 1, C] -> [N, C, 1, 1] after the global pool)
+        def view(x):
+            return (x.reshape(np.transpose(x, perm).shape),)
+
+        return view
 
     def run(x, out=None):
         o = dest(out)
