@@ -9,6 +9,10 @@ building does the algorithm's compile-time work (packing the weight its way) and
 (`confirm`: this host's speed drifts between two candidates' turns), builds only the
 winner for keeps, and returns it with a `Choice` that says what was measured.
 
+Each timed call comes right after a parallel loop on numba's threads
+(`_previous_kernel`), as a node's call in a model comes after the kernel before it: a
+candidate on the Python pool then shares the cores with those threads' spinning.
+
 Time is not the only cost: a candidate may hold memory of its own (MKL's packed copy of a
 weight, a transposed copy, Winograd's transformed weights), which it tells by a `held()`
 attribute on its function (bytes resident). Among the candidates within `MEMORY_SLACK` of
@@ -345,9 +349,10 @@ def _previous_kernel() -> Callable[[], None]:
     (_threads.GOMP_SPINCOUNT), and a candidate whose parts run on the kernels' Python pool
     (_parallel.py: the OpenBLAS GEMMs) shares the cores with them; timed alone, after its
     own calls, it did not. MobileNetV2's 576 -> 96 1x1 conv (14x14, 2 threads): the
-    OpenBLAS GEMM 0.21-0.35 ms alone, 0.32-0.53 after the depthwise conv before it, where
-    the direct kernel on numba's threads took 0.15-0.18 either way; selection had picked
-    the GEMM (0.283 against 0.304 ms alone), and in the model it took 0.55-0.63."""
+    OpenBLAS GEMM 0.21-0.35 ms alone, 0.32-0.53 after the depthwise conv before it (a
+    direct 1x1 conv on numba's threads, 384 -> 96 after its depthwise, 0.15-0.18 either
+    way); selection had picked the GEMM (0.283 against the direct kernel's 0.304 ms
+    alone), and in the model it took 0.55-0.63, the direct kernel 0.23-0.27."""
     from . import _native  # (imports kernels that import this module)
 
     if not _native.available() or _threads.current() < 2:
