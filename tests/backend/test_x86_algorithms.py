@@ -395,6 +395,35 @@ def test_the_loop_before_a_timed_call_runs_on_numbas_threads():  # (2 threads: c
     before()  # (runs: a parallel loop of next to no work)
 
 
+def test_a_choice_measured_while_the_host_is_busy_is_used_not_stored(monkeypatch):
+    """A probe slower than BUSY_RATIO x the least this machine has shown (kept with the
+    choices) says the host is busy: the choice is used, the next compile measures again."""
+    probe = {"seconds": 1e-3}
+    monkeypatch.setattr(autotune, "BUSY_RATIO", 1.6)
+    monkeypatch.setattr(autotune, "_probe", lambda: probe["seconds"])
+    fast = {"a": lambda: lambda x: None, "b": lambda: lambda x: time.sleep(0.001)}
+    key = autotune.cache_key("Test", ["busy", time.time()], {})
+    assert not autotune.host_busy()  # (the first probe is the least so far)
+    probe["seconds"] = 2e-3
+    _, _, choice = autotune.select("Test", key, fast, "b", lambda: (1,))
+    assert (choice.algorithm, choice.source) == ("a", "measured, busy")
+    assert autotune.stats["busy"] >= 1
+    probe["seconds"] = 1.2e-3  # (within the ratio)
+    assert autotune.select("Test", key, fast, "b", lambda: (1,))[2].source == "measured"
+    assert autotune.select("Test", key, fast, "b", lambda: (1,))[2].source == "cache"
+    probe["seconds"] = 0.5e-3  # a faster probe is the new least: 1 ms is busy now
+    assert not autotune.host_busy()
+    probe["seconds"] = 1e-3
+    assert autotune.host_busy()
+
+
+def test_the_probe_times_a_loop_on_this_thread():
+    from workbench.engine.backends.x86 import _native
+
+    seconds = autotune._probe()
+    assert seconds is None if not _native.available() else 0 < seconds < 0.1
+
+
 def test_selection_measures_once_then_hits_the_disk_cache():
     xs, ws, attrs = BIG
     w = f32(*ws)

@@ -66,7 +66,10 @@ def pool_only():
         _native._state["ok"] = saved
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (7, 33, 5), (130, 70, 333), (257, 19, 40)])
+# (1200 x 256: a part more than twice `_native.EPILOGUE_BYTES` of output, so in chunks)
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(1, 1, 1), (7, 33, 5), (130, 70, 333), (257, 19, 40), (1200, 24, 256)]
+)
 @pytest.mark.parametrize("act", sorted(ACTS))
 @pytest.mark.parametrize("residual", [False, True])
 def test_packed_products_match_the_pool_and_numpy(two_threads, m, k, n, act, residual):

@@ -27,6 +27,7 @@ import ctypes
 import os
 import platform
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -41,6 +42,13 @@ from .ops_fused_conv import _EMPTY, Epilogue, ImageEpilogue, _epilogue_block, _e
 
 _ROW_MAJOR, _PACKED = 101, 151
 _NO_TRANS = 111
+
+# A part's product with an epilogue goes in chunks of rows of about this many output
+# bytes (EPILOGUE_ROWS_MIN rows at least), each chunk's epilogue right after MKL wrote it:
+# a whole part's block (ResNet-50's layer1, 1568 x 256 floats a thread, 1.6 MB) was read
+# back from beyond L2.
+EPILOGUE_BYTES = 1 << 18
+EPILOGUE_ROWS_MIN = 32
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -131,13 +139,19 @@ def _packed_part(fp, a, ta, lda, k, buf, n, y, r0, r1, c0, c1, b, z, act, p0, p1
     dimension lda, or its transpose (ta)."""
     if r1 <= r0 or c1 <= c0:
         return
-    first = r0 * lda if ta == _NO_TRANS else r0
-    fp(
-        _ROW_MAJOR, ta, _PACKED, r1 - r0, c1 - c0, k, u64(a + first * 4), lda, u64(buf), c1 - c0,
-        0.0, y.ctypes.data + u64((r0 * n + c0) * 4), n,
-    )
-    if epi:
-        _epilogue_tile(y, b, z, n, r0, r1, c0, c1, act, p0, p1)
+    step = r1 - r0
+    if epi and step * (c1 - c0) * 4 > 2 * EPILOGUE_BYTES:  # (a transformer's 64 rows: one)
+        # the epilogue on each chunk of rows as soon as MKL wrote it, still in L2
+        step = max(EPILOGUE_ROWS_MIN, EPILOGUE_BYTES // (4 * (c1 - c0)))
+    for lo in range(r0, r1, step):
+        hi = min(lo + step, r1)
+        first = lo * lda if ta == _NO_TRANS else lo
+        fp(
+            _ROW_MAJOR, ta, _PACKED, hi - lo, c1 - c0, k, u64(a + first * 4), lda, u64(buf),
+            c1 - c0, 0.0, y.ctypes.data + u64((lo * n + c0) * 4), n,
+        )
+        if epi:
+            _epilogue_tile(y, b, z, n, lo, hi, c0, c1, act, p0, p1)
 # fmt: on
 
 
@@ -344,6 +358,31 @@ def _clear(x):  # pragma: no cover - compiled
 _SPIN_PART = np.zeros(64)
 
 
+@njit(fastmath=CONTRACT)
+def _probe_loop(y, reps):  # pragma: no cover - compiled
+    for _ in range(reps):
+        for i in range(y.size):
+            y[i] = y[i] * np.float32(0.999) + np.float32(0.001)
+
+
+_PROBE = np.ones(1024, np.float32)  # (4 KiB: in L1 throughout)
+
+
+def probe_seconds() -> float:
+    """Least seconds of 5 runs of a fixed vector loop in L1 on the calling thread (~20 us
+    here): how fast the host runs this core's code now (autotune.host_busy). One thread,
+    not numba's team: a parallel loop's time after any pause was the other vCPU's wake-up
+    (140-340 us for what took 10 without one)."""
+    _probe_loop(_PROBE, 1)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        _probe_loop(_PROBE, 256)
+        best = min(best, time.perf_counter() - t0)
+    _PROBE[:] = 1.0
+    return best
+
+
 def spin_up() -> None:
     """A parallel loop of next to no work on numba's threads, which then spin for a while
     as after any kernel's (autotune times its candidates right after one)."""
@@ -395,5 +434,5 @@ def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[
 
 __all__ = [
     "available", "conv_gemm", "depthwise_call", "packed_ranges", "packed_rows_call",
-    "packed_split_call", "rows_call", "spin_up", "why",
+    "packed_split_call", "probe_seconds", "rows_call", "spin_up", "why",
 ]  # fmt: skip
