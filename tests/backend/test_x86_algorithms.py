@@ -399,7 +399,7 @@ def test_a_choice_measured_while_the_host_is_busy_is_used_not_stored(monkeypatch
     """A probe slower than BUSY_RATIO x the least this machine has shown (kept with the
     choices) says the host is busy: the choice is used, the next compile measures again."""
     probe = {"seconds": 1e-3}
-    monkeypatch.setattr(autotune, "BUSY_RATIO", 1.6)
+    monkeypatch.setattr(autotune, "BUSY_RATIO", 1.6)  # (2 ms: busy; 1.2: not)
     monkeypatch.setattr(autotune, "_probe", lambda: probe["seconds"])
     fast = {"a": lambda: lambda x: None, "b": lambda: lambda x: time.sleep(0.001)}
     key = autotune.cache_key("Test", ["busy", time.time()], {})
@@ -422,6 +422,29 @@ def test_the_probe_times_a_loop_on_this_thread():
 
     seconds = autotune._probe()
     assert seconds is None if not _native.available() else 0 < seconds < 0.1
+
+
+def test_openblas_on_the_pool_is_not_measured_where_mkl_runs_on_numbas_threads(monkeypatch):
+    """Timed alone the pool's OpenBLAS GEMMs won now and then; in models they ran at
+    about twice that (ops_gemm._contenders). A single row, or one forced, keeps them."""
+    from workbench.engine.backends.x86 import _native, ops_gemm
+
+    b = f32(256, 256)
+    everything = ops_gemm._gemm_builders(b, rows=64)
+    flops = 2.0 * 64 * 256 * 256
+    offered = ops_gemm._contenders(everything, 64, flops, "MatMul")
+    if not (_mkl.available() and _native.available()):
+        assert offered == everything
+        return
+    assert set(offered) == set(everything) - set(ops_gemm.POOL_GEMMS) and offered
+    assert ops_gemm._contenders(everything, 1, flops / 64, "MatMul") == everything
+    assert ops_gemm._contenders(everything, 64, autotune.MIN_FLOPS / 2, "MatMul") == everything
+    monkeypatch.setenv("WORKBENCH_ALGORITHM", "MatMul=gemm_bt")
+    assert ops_gemm._contenders(everything, 64, flops, "MatMul") == everything
+    monkeypatch.delenv("WORKBENCH_ALGORITHM")
+    sess, _ = session("MatMul", [f32(64, 256), b], {}, consts=(1,))
+    assert sess.plan.steps[0].run.algorithm not in {f"{n}_flat" for n in ops_gemm.POOL_GEMMS}
+    assert set(sess.plan.steps[0].run.candidates) == {f"{n}" for n in offered}
 
 
 def test_selection_measures_once_then_hits_the_disk_cache():
