@@ -66,7 +66,6 @@ def pool_only():
         _native._state["ok"] = saved
 
 
-# (1200 x 256: a part more than twice `_native.EPILOGUE_BYTES` of output, so in chunks)
 @pytest.mark.parametrize(
     ("m", "k", "n"), [(1, 1, 1), (7, 33, 5), (130, 70, 333), (257, 19, 40), (1200, 24, 256)]
 )

@@ -43,13 +43,6 @@ from .ops_fused_conv import _EMPTY, Epilogue, ImageEpilogue, _epilogue_block, _e
 _ROW_MAJOR, _PACKED = 101, 151
 _NO_TRANS = 111
 
-# A part's product with an epilogue goes in chunks of rows of about this many output
-# bytes (EPILOGUE_ROWS_MIN rows at least), each chunk's epilogue right after MKL wrote it:
-# a whole part's block (ResNet-50's layer1, 1568 x 256 floats a thread, 1.6 MB) was read
-# back from beyond L2.
-EPILOGUE_BYTES = 1 << 18
-EPILOGUE_ROWS_MIN = 32
-
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -139,19 +132,13 @@ def _packed_part(fp, a, ta, lda, k, buf, n, y, r0, r1, c0, c1, b, z, act, p0, p1
     dimension lda, or its transpose (ta)."""
     if r1 <= r0 or c1 <= c0:
         return
-    step = r1 - r0
-    if epi and step * (c1 - c0) * 4 > 2 * EPILOGUE_BYTES:  # (a transformer's 64 rows: one)
-        # the epilogue on each chunk of rows as soon as MKL wrote it, still in L2
-        step = max(EPILOGUE_ROWS_MIN, EPILOGUE_BYTES // (4 * (c1 - c0)))
-    for lo in range(r0, r1, step):
-        hi = min(lo + step, r1)
-        first = lo * lda if ta == _NO_TRANS else lo
-        fp(
-            _ROW_MAJOR, ta, _PACKED, hi - lo, c1 - c0, k, u64(a + first * 4), lda, u64(buf),
-            c1 - c0, 0.0, y.ctypes.data + u64((lo * n + c0) * 4), n,
-        )
-        if epi:
-            _epilogue_tile(y, b, z, n, lo, hi, c0, c1, act, p0, p1)
+    first = r0 * lda if ta == _NO_TRANS else r0
+    fp(
+        _ROW_MAJOR, ta, _PACKED, r1 - r0, c1 - c0, k, u64(a + first * 4), lda, u64(buf), c1 - c0,
+        0.0, y.ctypes.data + u64((r0 * n + c0) * 4), n,
+    )
+    if epi:
+        _epilogue_tile(y, b, z, n, r0, r1, c0, c1, act, p0, p1)
 # fmt: on
 
 
