@@ -328,13 +328,13 @@ def host_busy() -> bool:
     more than BUSY_RATIO times the least it ever took on this machine (kept in the cache
     file with the choices; a faster time becomes the new least).
 
-    Why: this VM's two vCPUs now and then run at half speed or worse, one of them taken
-    by another tenant. Selection measures every candidate then, not alike: the GEMMs on
-    numba's threads, whose parts meet at a spinning barrier, lost more than those on the
-    Python pool. MobileNetV2 measured in such a spell kept OpenBLAS for 8 of its 1x1
-    convs (0.62 against MKL's 0.79 ms for 196x64 by 64x384, both ~5x their usual time),
-    which in the model took 0.35-0.50 ms against MKL's 0.12-0.23: 12.4 ms a run against
-    10.7. A choice measured while the host is busy is used but not stored."""
+    Why: this VM's two vCPUs now and then run at half speed or worse (load not ours).
+    Selection measures every candidate then, not alike: the GEMMs on numba's threads,
+    whose parts meet at a spinning barrier, lost more than those on the Python pool.
+    MobileNetV2 measured in such a spell kept OpenBLAS for 10 of its 1x1 convs (0.62
+    against MKL's 0.79 ms for 196x64 by 64x384, usually 0.34 against 0.16), which in the
+    model took 0.35-0.50 ms against MKL's 0.12-0.23: its bound kernels 12.4 ms a run
+    against 10.7. A choice measured while the host is busy is used but not stored."""
     if BUSY_RATIO <= 0:
         return False
     seconds = _probe()
