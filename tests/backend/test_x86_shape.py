@@ -303,3 +303,19 @@ def test_allocation_guard(op, inputs):
     """A shape tensor asking for terabytes is refused before numpy tries."""
     with pytest.raises(workbench.AllocationError):
         run_node("x86", op, inputs, opset=13, expect_native=True)
+
+
+def test_a_transpose_declared_in_order_that_is_not_at_run_time_still_transposes():
+    """The view is chosen from the input's declared shape; an input of another shape at
+    run time (a model whose shapes are wrong) is transposed for real, never reshaped."""
+    from workbench.engine.backends.x86.ops_shape import transpose
+    from workbench.engine.ir import Node, Value
+
+    node = Node("Transpose", [Value("x", 1, (1, 1, 1, 4))], [Value("y", 1)], {"perm": [0, 3, 1, 2]})
+    kernel = transpose(node, None)
+    x = f32(1, 1, 1, 4)
+    (y,) = kernel(x)
+    assert y.shape == (1, 4, 1, 1) and np.shares_memory(y, x)
+    x = f32(1, 2, 3, 4)
+    (y,) = kernel(x)
+    assert_close(y, np.transpose(x, (0, 3, 1, 2)), rtol=0, atol=0)

@@ -139,6 +139,8 @@ def transpose(node: Node, ctx: CompileContext) -> KernelFn | None:
         # larger than 1 that is 1 at run time moves nothing either): a reshape, as a view
         # (the channels_last pass's [N, 1, 1, C] -> [N, C, 1, 1] after the global pool)
         def view(x):
+            if not _keeps_order(x.shape, perm):  # (not the shape the model declared)
+                return (np.transpose(x, perm).copy(),)
             return (x.reshape(np.transpose(x, perm).shape),)
 
         return view
