@@ -205,6 +205,11 @@ def main(argv=None) -> int:
         )
     geo = float(np.exp(np.mean(np.log(ratios))))
     print(f"geometric mean of ratios: {geo:.2f}")
+    if args.backend == "x86":
+        from workbench.engine.backends.x86 import autotune
+
+        # (each is measured again by the next compile: autotune.host_busy)
+        print(f"# choices measured while the host was busy, not stored: {autotune.stats['busy']}")
     print(f"# load average after: {os.getloadavg()}")
     return 0
 
