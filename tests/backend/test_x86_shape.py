@@ -86,7 +86,7 @@ def test_transpose_concat(dtype):
 )
 def test_transpose_that_moves_only_axes_of_size_one(shape, perm, in_order):
     """Values kept in their order make the transpose a reshape: a view of the input, as
-    Reshape's is (no copy, no kernel time); a real transpose makes a fresh array."""
+    Reshape's is (no copy); a real transpose makes a fresh array."""
     x = f32(*shape)
     (y,) = check("Transpose", [x], {} if perm is None else {"perm": perm})
     assert np.shares_memory(y, x) == in_order
