@@ -6,6 +6,7 @@ thread setting (workbench/_threads.py) reaches BLAS and numba."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -445,6 +446,21 @@ def test_openblas_on_the_pool_is_not_measured_where_mkl_runs_on_numbas_threads(m
     sess, _ = session("MatMul", [f32(64, 256), b], {}, consts=(1,))
     assert sess.plan.steps[0].run.algorithm not in {f"{n}_flat" for n in ops_gemm.POOL_GEMMS}
     assert set(sess.plan.steps[0].run.candidates) == set(offered)
+
+
+def test_a_store_drops_the_choices_of_other_cache_versions():
+    """Keys of another CACHE_VERSION are never read again: a store leaves them out."""
+    path = autotune.cache_path()
+    old = json.loads(autotune.cache_key("Test", ["old"], {}))
+    old[5] = autotune.CACHE_VERSION - 1
+    stale = json.dumps(old, sort_keys=True, default=str)
+    path.write_text(json.dumps({stale: {"algorithm": "a"}, "not json": {}}))
+    key = autotune.cache_key("Test", ["new", time.time()], {})
+    autotune.select(
+        "Test", key, {"a": lambda: lambda x: None, "b": lambda: lambda x: None}, "a", lambda: (1,)
+    )
+    stored = json.loads(path.read_text())
+    assert key in stored and stale not in stored and "not json" not in stored
 
 
 def test_selection_measures_once_then_hits_the_disk_cache():

@@ -202,11 +202,23 @@ def _entries() -> dict[str, Any]:
 def _store(key: str, entry: dict[str, Any]) -> None:
     _memory[key] = entry
     path = cache_path()
-    merged = {**_load(path), key: entry}  # another process may have added entries since
+    # (another process may have added entries since; those of other CACHE_VERSIONs go:
+    # never read again, they made each store rewrite ~0.9 MB here for 85 live entries)
+    merged = {k: v for k, v in _load(path).items() if _current(k)}
+    merged[key] = entry
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
         tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
         os.replace(tmp, path)  # atomic: concurrent writers each leave valid JSON
+
+
+def _current(key: str) -> bool:
+    """Whether a stored key is of this CACHE_VERSION (`cache_key` puts it sixth)."""
+    try:
+        parts = json.loads(key)
+    except ValueError:
+        return False
+    return isinstance(parts, list) and len(parts) > 5 and parts[5] == CACHE_VERSION
 
 
 def clear_memory() -> None:
