@@ -16,7 +16,7 @@ from onnx import helper
 
 import workbench as wb
 from workbench import _threads
-from workbench.engine.backends.x86 import _mkl, _parallel, autotune
+from workbench.engine.backends.x86 import _mkl, _native, _parallel, autotune
 from workbench.testing import assert_close, graph_model, node_model, run_node
 
 rng = np.random.default_rng(11)
@@ -219,6 +219,49 @@ def test_fused_matmul_epilogue_on_each_part_matches_reference(gemm_alg, act):
     (got,) = step.run(a, b, bias, out=(buf,))
     assert got is buf
     assert_close(buf, want, rtol=1e-5, atol=1e-6)
+
+
+needs_native = pytest.mark.skipif(
+    not _native.available(), reason=f"numba's parallel loops do not run here: {_native.why()}"
+)
+
+
+@needs_native
+@pytest.mark.parametrize("k, n", [(17, 37), (37, 5), (3, 1), (40, 70)])
+def test_a_single_row_takes_the_gemv_kernel_and_matches_reference(k, n):
+    """One row (a classifier's): the output columns split over numba's threads, four at a
+    time and the rest one by one, K in vectors of 16 and a tail. A Gemm with transB reads
+    its initializer as it is; a MatMul's (K, N) weight is copied transposed, and held."""
+    x, w, c = f32(1, k), f32(n, k), f32(n)
+    attrs = {"transB": 1, "alpha": 0.5, "beta": 2.0}
+    sess, feeds = session("Gemm", [x, w, c], attrs)
+    (step,) = sess.plan.steps
+    assert step.kernel.algorithm == "gemv"  # (the default for one row: not measured)
+    ref = run_node("reference", "Gemm", [x, w, c], attrs, consts=(1, 2))[0]
+    assert_close(sess.run(feeds)["out0"], ref, rtol=1e-5, atol=1e-5)
+    a, b = f32(1, 1, k), f32(k, n)
+    got, step = forced("MatMul", "gemv", [a, b], {}, consts=(1,))
+    assert step.kernel.algorithm == "gemv_flat"
+    assert_close(
+        got, run_node("reference", "MatMul", [a, b], {}, consts=(1,))[0], rtol=1e-5, atol=1e-5
+    )
+
+
+@needs_native
+def test_gemv_reads_a_linear_layers_weight_in_place_and_runs_the_epilogue():
+    from workbench.engine.backends.x86 import ops_gemm
+    from workbench.engine.backends.x86.ops_fused_conv import Epilogue
+
+    w = f32(37, 19)  # (N, K): a Linear layer's weight, B = w.T
+    fn = ops_gemm._gemm_builders(w.T, rows=1)["gemv"]()
+    assert fn.held() == 0
+    copy = ops_gemm._gemm_builders(np.ascontiguousarray(w.T), rows=1)["gemv"]()
+    assert copy.held() == w.nbytes
+    x, bias = f32(1, 19), f32(37)
+    out = np.full((1, 37), np.nan, np.float32)
+    fn.bind(x, out, Epilogue(bias, np.zeros(0, np.float32), (1, np.float32(0), np.float32(0))))()
+    assert_close(out, np.maximum(x @ w.T + bias, 0), rtol=1e-5, atol=1e-5)
+    assert "gemv" not in ops_gemm._gemm_builders(w.T, rows=2)  # (one row only)
 
 
 def test_fused_exact_gelu_is_accurate_over_the_whole_range():

@@ -243,7 +243,8 @@ def _gemm_builders(
     `source`, where given, makes bm afresh: bm is then the kernel's own copy (a conv's
     weight reordered), which the candidates that read it per call hold (`held` counts it)
     and the packed ones drop once packed. `rows`, where known, is the row count the
-    candidates are measured on: the depth split (``mkl_packed_k``) is offered for few."""
+    candidates are measured on: the depth split (``mkl_packed_k``) is offered for few, the
+    single-row kernel on numba's threads (``gemv``, gemv.py) for one."""
     k, n = bm.shape
     own = 0 if source is None else bm.nbytes
     # (the packed candidates call weight() for a range not yet packed, never keeping bm)
@@ -313,6 +314,20 @@ def _gemm_builders(
         "gemm_cols": cols,
         "gemm_t_cols": cols_t,
     }
+    if rows == 1:
+
+        def single_row():
+            from . import gemv  # (imports _native, which imports this module)
+
+            bt = np.ascontiguousarray(bm.T)  # (a view when bm is a transposed initializer)
+            bt_own = 0 if source is None and np.shares_memory(bt, bm) else bt.nbytes
+            return by_rows(
+                lambda x2, o2: np.matmul(x2, bt.T, out=o2),
+                lambda: bt_own,
+                lambda x2, o2, post: gemv.gemv_call(bt, x2, o2, post),
+            )
+
+        builders["gemv"] = single_row
     if _mkl.available():
         from . import _native  # (imports the epilogue kernels, which import this module)
 
@@ -484,11 +499,21 @@ class _TunedProduct:
         how = {} if sample is None else {"epilogue": [int(sample.act), bool(sample.z.size)]}
         key = autotune.cache_key(self.op, [rows, k, n], how)
         default = "gemm" if "gemm" in builders else "mkl_packed"
+        if "gemv" in builders and _native_available():
+            # (one row reads its weight once: memory-bound, however few its flops, and
+            # below MIN_FLOPS the default is not measured: see gemv.py)
+            default = "gemv"
         _, fn, choice = autotune.select(self.op, key, builders, default, make_args, flops)
         if len(self.fns) < 8:
             self.fns[rows] = fn
         autotune.announce(self.run, choice, self.run.suffix)
         return fn
+
+
+def _native_available() -> bool:
+    from . import _native  # (imports the epilogue kernels, which import this module)
+
+    return _native.available()
 
 
 def _tunable(bm: np.ndarray | None) -> bool:
