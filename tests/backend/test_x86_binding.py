@@ -187,3 +187,31 @@ def test_a_bias_given_at_run_time_is_not_bound():
         f = {"x": f32(1, 3, 4, c), "bias": f32(m)}
         assert_close(sess.run(f)["y"], ref.run(f)["y"], rtol=1e-4, atol=1e-5)
     assert _bound_ops(sess) == []
+
+
+def test_a_classifier_tail_binds_its_pool_and_single_row_product():
+    """The channels-last global average pool (a ReduceMean over H, W: `_sum_call`) and the
+    classifier's one-row Gemm (gemv.py) between two plain ops bind, and read anew on each
+    run; a mean into a fresh output, or into a strided one, does not bind."""
+    c, n = 37, 19
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="in_relu"),
+        helper.make_node("ReduceMean", ["a"], ["m"], name="pool", axes=[1, 2], keepdims=0),
+        helper.make_node("Gemm", ["m", "w", "b"], ["g"], name="fc", transB=1),
+        helper.make_node("Relu", ["g"], ["y"], name="out_relu"),
+    ]
+    inits = {"w": f32(n, c), "b": f32(n)}
+    shapes = [("a", [1, 7, 5, c]), ("m", [1, c]), ("g", [1, n])]
+    model = graph_model(nodes, [("x", [1, 7, 5, c])], [("y", [1, n])], inits, shapes)
+    sess = wb.Session(model, "x86", level=0)
+    ref = wb.Session(model, "reference", level=0)
+    feeds = [{"x": f32(1, 7, 5, c)} for _ in range(3)]
+    sess.run(feeds[0])  # records the shapes; the next run binds
+    for f in feeds + feeds[::-1]:
+        assert_close(sess.run(f)["y"], ref.run(f)["y"], rtol=1e-5, atol=1e-5)
+    assert _bound_ops(sess) == ["pool", "fc"]
+    pool = next(s for s in sess.plan.steps if s.node.name == "pool")
+    x, out = f32(1, 7, 5, c), np.empty((1, c), np.float32)
+    assert pool.run.bind(x, out=(out,)) is not None
+    assert pool.run.bind(x, out=None) is None
+    assert pool.run.bind(x, out=(np.empty((1, 2 * c), np.float32)[:, ::2],)) is None

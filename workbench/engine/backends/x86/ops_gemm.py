@@ -97,7 +97,25 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
                 ) from None
         return (deliver(dest(out), y.astype(x.dtype, copy=False)) if o is None else o,)
 
-    run.algorithm, run.writes_out = "gemm", True
+    def bind(x, b, c=None, out=None):
+        # (a classifier's Gemm, one call a run: its checks and parts worked out once, the
+        # bias added by the product's epilogue on each part)
+        o = _same_dtype(dest(out), x, b)
+        if tuned is None or trans_a or o is None or x.dtype != np.float32 or x.ndim != 2:
+            return None
+        if x.shape[1] != k or o.shape != (x.shape[0], n) or not o.flags.c_contiguous:
+            return None
+        post = None
+        if c is not None and beta != 0.0:
+            if cm is None or cm.size != n or cm.shape not in ((n,), (1, n)):
+                return None
+            from .ops_fused_conv import _EMPTY, Epilogue  # (imports this module)
+
+            bias = np.ascontiguousarray(cm.reshape(-1), np.float32)
+            post = Epilogue(bias, _EMPTY, (0, np.float32(0), np.float32(0)))
+        return returning(tuned.bind(x, o, post), (o,))
+
+    run.algorithm, run.writes_out, run.bind = "gemm", True, bind
     tuned, (k, n) = None, (-1, -1) if bm is None else bm.shape
     if _tunable(bm) and not trans_a:
         run.listeners, run.candidates, run.suffix = [], {}, ""
