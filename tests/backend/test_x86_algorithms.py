@@ -231,7 +231,9 @@ needs_native = pytest.mark.skipif(
 def test_a_single_row_takes_the_gemv_kernel_and_matches_reference(k, n):
     """One row (a classifier's): the output columns split over numba's threads, four at a
     time and the rest one by one, K in vectors of 16 and a tail. A Gemm with transB reads
-    its initializer as it is; a MatMul's (K, N) weight is copied transposed, and held."""
+    its (N, K) weight as it is (alpha folded in that order), by default for one row; for a
+    MatMul's (K, N) weight gemv would hold a transposed copy, so there it is measured (not
+    these small ones)."""
     x, w, c = f32(1, k), f32(n, k), f32(n)
     attrs = {"transB": 1, "alpha": 0.5, "beta": 2.0}
     sess, feeds = session("Gemm", [x, w, c], attrs)
@@ -240,6 +242,9 @@ def test_a_single_row_takes_the_gemv_kernel_and_matches_reference(k, n):
     ref = run_node("reference", "Gemm", [x, w, c], attrs, consts=(1, 2))[0]
     assert_close(sess.run(feeds)["out0"], ref, rtol=1e-5, atol=1e-5)
     a, b = f32(1, 1, k), f32(k, n)
+    sess, _ = session("MatMul", [a, b], {}, consts=(1,))  # (gemv would copy B: measured)
+    want = "gemv_flat" if n == 1 else "gemm_flat"  # (a (K, 1) B is its own transpose)
+    assert sess.plan.steps[0].kernel.algorithm == want
     got, step = forced("MatMul", "gemv", [a, b], {}, consts=(1,))
     assert step.kernel.algorithm == "gemv_flat"
     assert_close(

@@ -57,8 +57,8 @@ def gemm(node: Node, ctx: CompileContext) -> Callable | None:
         # alpha folded into B: one pass less per call, at a rounding step of difference.
         # A transposed B stays a view of the initializer (BLAS and MKL read either order;
         # a C-ordered copy is a candidate of its own, gemm_bt, that counts its memory)
-        if alpha != 1.0:
-            return np.ascontiguousarray(bm * bm.dtype.type(alpha))
+        if alpha != 1.0:  # (in B's own order: a transposed weight's product reads it so)
+            bm = bm * bm.dtype.type(alpha)
         if not (bm.flags.c_contiguous or bm.flags.f_contiguous):
             return np.ascontiguousarray(bm)
         return bm
@@ -506,6 +506,8 @@ class _TunedProduct:
         bm = self.bm if self.source is None else self.source()
         flops = 2.0 * rows * k * n
         builders = _contenders(_gemm_builders(bm, self.source, rows), rows, flops, self.op)
+        # (B^T is the constant itself: a Linear layer's (N, K) weight, read as it is)
+        in_place = self.source is None and bm.T.flags.c_contiguous
         del bm  # (the builders keep it where they need it)
 
         def make_args():
@@ -517,9 +519,10 @@ class _TunedProduct:
         how = {} if sample is None else {"epilogue": [int(sample.act), bool(sample.z.size)]}
         key = autotune.cache_key(self.op, [rows, k, n], how)
         default = "gemm" if "gemm" in builders else "mkl_packed"
-        if "gemv" in builders and _native_available():
+        if "gemv" in builders and in_place and _native_available():
             # (one row reads its weight once: memory-bound, however few its flops, and
-            # below MIN_FLOPS the default is not measured: see gemv.py)
+            # below MIN_FLOPS the default is not measured: see gemv.py. Where it would
+            # need a transposed copy, measuring decides, weighing the copy's memory)
             default = "gemv"
         _, fn, choice = autotune.select(self.op, key, builders, default, make_args, flops)
         if len(self.fns) < 8:
