@@ -35,11 +35,11 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import prange
 
 from ..base import bind_scratch, dest, returning
 from . import (
     _native,
-    _parallel,
     autotune,
     depthwise_nhwc,
     direct_nhwc,
@@ -230,6 +230,15 @@ def _windows_hwc(x, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, col):
                             col[u64(d + k)] = x[u64(src + k)]
 
 
+@njit(parallel=True)
+def _windows_parts(x, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, col):
+    """`_windows_hwc` over the output rows bounds[t]..bounds[t + 1]-1, one part a thread
+    of numba's team: the product that follows runs there too, and a part on the Python
+    pool waited for the vCPU that numba's threads spin on after the product before it."""
+    for t in prange(bounds.size - 1):
+        _windows_hwc(x, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t], bounds[t + 1], col)
+
+
 def _im2col(
     node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict
 ) -> KernelFn:
@@ -263,16 +272,10 @@ def _im2col(
         grain = max(1, (1 << 15) // max(1, g.ow * kh * kw * c))
         todo: list[Callable[[], object]] = []
         for i in range(n):
-
-            def rows(lo: int, hi: int, i: int = i) -> None:
-                _windows_hwc(
-                    xf[i], g.h, g.w, c, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow,
-                    lo, hi, colf,
-                )  # fmt: skip
-
+            head = (xf[i], g.h, g.w, c, kh, kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow)
             z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
             args = (col, y[i].reshape(p, m), Epilogue(bv, z_i, act))
-            todo.append(partial(_parallel.for_ranges, rows, g.oh, grain))
+            todo.append(_native.rows_call(_windows_hwc, _windows_parts, head, (colf,), g.oh, grain))
             todo.append(product.bind(*args) if bound else partial(product, *args))
         return y, xf, zz, todo
 
