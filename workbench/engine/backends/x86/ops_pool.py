@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import prange
 
 from ..base import deliver, dest
 from ..common import conv_pads
@@ -424,6 +425,16 @@ def _maxpool_hwc(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, low, y)
                         y[u64(d + k)] = _nanmax(x[u64(src + k)], y[u64(d + k)])
 
 
+@njit(parallel=True)
+def _maxpool_parts(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, low, y):
+    """`_maxpool_hwc` over output rows bounds[t]..bounds[t + 1]-1, one part a thread of
+    numba's team (after a conv on them a Python pool's part waited for their spin)."""
+    for t in prange(bounds.size - 1):
+        _maxpool_hwc(
+            x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t], bounds[t + 1], low, y
+        )
+
+
 @kernels.register("MaxPoolNHWC", domain="workbench", since=1)
 def max_pool_nhwc(node: Node, ctx: CompileContext) -> Callable | None:
     """MaxPool of channels-last X [N, H, W, C] (the channels_last pass's, 2-D): output rows
@@ -446,12 +457,12 @@ def max_pool_nhwc(node: Node, ctx: CompileContext) -> Callable | None:
         y = np.empty((n, oh, ow, c), x.dtype) if o is None else o
         low = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
         xf, yf = np.ascontiguousarray(x).reshape(n, -1), y.reshape(n, -1)
+        from . import _native  # (imports the conv kernels)
+
+        grain = max(1, (1 << 15) // max(1, ow * kh * kw * c))
         for b in range(n):
-
-            def rows(lo: int, hi: int, b: int = b) -> None:
-                _maxpool_hwc(xf[b], h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, low, yf[b])
-
-            _parallel.for_ranges(rows, oh, max(1, (1 << 15) // max(1, ow * kh * kw * c)))
+            head = (xf[b], h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow)
+            _native.rows_call(_maxpool_hwc, _maxpool_parts, head, (low, yf[b]), oh, grain)()
         return (y,)
 
     run.algorithm = "window_loop_nhwc"
