@@ -11,8 +11,10 @@ values at a time, each a sum of 16-lane vectors (`_vec16`) over K, so each x vec
 loaded serves four rows of the weight. Measured the same way: 0.24 and 0.41 ms
 (20-21 GB/s); on one thread 0.54 and 0.84, so the second thread is where the gain is.
 
-B^T is the initializer itself for a Gemm with transB (a Linear layer's weight, (N, K));
-another B needs a transposed copy, which the candidate holds (autotune weighs it).
+B^T is the initializer itself for a Gemm with transB (a Linear layer's weight, (N, K)):
+there this is the default for one row (`ops_gemm._TunedProduct.select`), measured or not.
+Another B needs a transposed copy, which the candidate holds: there selection measures it
+against the others (above `autotune.MIN_FLOPS`), weighing the copy's memory.
 """
 
 from __future__ import annotations
