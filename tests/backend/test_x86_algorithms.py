@@ -97,6 +97,9 @@ WINOGRAD = [
 
 # MKL's candidates join when the `mkl` extra is installed (`make test` installs it)
 needs_mkl = pytest.mark.skipif(not _mkl.available(), reason=f"no MKL here: {_mkl.why()}")
+needs_native = pytest.mark.skipif(
+    not _native.available(), reason=f"numba's parallel loops do not run here: {_native.why()}"
+)
 
 
 def mkl(*case):
@@ -219,11 +222,6 @@ def test_fused_matmul_epilogue_on_each_part_matches_reference(gemm_alg, act):
     (got,) = step.run(a, b, bias, out=(buf,))
     assert got is buf
     assert_close(buf, want, rtol=1e-5, atol=1e-6)
-
-
-needs_native = pytest.mark.skipif(
-    not _native.available(), reason=f"numba's parallel loops do not run here: {_native.why()}"
-)
 
 
 @needs_native
