@@ -217,16 +217,15 @@ def _sum_into(x: np.ndarray, ax, kd: bool, o: np.ndarray | None, mean: bool = Fa
     a channels-last image's (H, W): np.mean took 39 us for ResNet-50's 7x7x2048 and one
     add.reduce 26, hot; in the model, with numpy's reduction code cold after the convs,
     add.reduce took 112-160 us on MobileNetV2's 7x7x1280.)"""
-    block = _block(x, ax)
-    if o is None and block is not None:
+    if o is None and _block(x, ax) is not None:
         kept = [1 if i in ax else d for i, d in enumerate(x.shape)]
         o = np.empty(kept if kd else [d for i, d in enumerate(x.shape) if i not in ax], x.dtype)
-    if block is None or x.dtype.kind != "f" or not o.flags.c_contiguous or block[2] == 1:
+    call = None if o is None else _sum_call(x, ax, o, mean)
+    if call is None:
         if mean:
             return np.mean(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o)
         return np.sum(x, axis=ax, keepdims=kd, dtype=x.dtype, out=o)
-    scale = 1.0 / block[1] if mean else 1.0
-    _sum_middle(x.reshape(-1), *block, o.reshape(-1), x.dtype.type(scale))
+    call()
     return o
 
 
