@@ -25,7 +25,7 @@ def _gemm_algorithms() -> list:
 
     plain = ["gemm", "gemm_t", "gemm_bt", "gemm_cols", "gemm_t_cols"]
     no_mkl = pytest.mark.skipif(not _mkl.available(), reason=f"no MKL here: {_mkl.why()}")
-    mkl = ["mkl_packed", "mkl_packed_cols", "mkl_packed_k"]  # (_k: offered for few rows)
+    mkl = ["mkl_packed", "mkl_packed_padded", "mkl_packed_cols", "mkl_packed_k"]  # (_k: few rows)
     return plain + [pytest.param(a, marks=no_mkl) for a in mkl]
 
 

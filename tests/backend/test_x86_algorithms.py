@@ -639,38 +639,43 @@ def test_memory_bandwidth_is_measured_once():
 @pytest.mark.skipif(not _mkl.available(), reason="the mkl extra is not installed")
 def test_mkl_packs_count_the_pages_they_fill():
     """A pack reserves megabytes (cblas_sgemm_pack_get_size) but fills fewer; `held` counts
-    the filled pages. MKL pads the columns, so a half of 192 columns costs about as much as
-    the whole 384, which is what the memory rule weighs."""
+    the filled pages. Laid out for one row MKL pads the columns to 512 + 128 (384 -> 640:
+    `mkl_packed_padded`), for more rows it fills about the weight (`mkl_packed`, and each
+    column range of `mkl_packed_cols`), which is what the memory rule weighs."""
     from workbench.engine.backends.x86 import ops_gemm
 
     b = f32(384, 384)
-    builders = ops_gemm._gemm_builders(b)
-    whole = builders["mkl_packed"]()
-    assert b.nbytes <= autotune.held(whole) < _mkl.PackedB(b).nbytes
+    builders = ops_gemm._gemm_builders(b, rows=256)
+    whole, padded = builders["mkl_packed"](), builders["mkl_packed_padded"]()
+    assert b.nbytes <= autotune.held(whole) < 1.1 * b.nbytes < _mkl.PackedB(b).nbytes
+    assert autotune.held(padded) > 1.6 * b.nbytes
     halves = builders["mkl_packed_cols"]()
     assert autotune.held(halves) == 0  # packed on the first call, per column range
-    x, out = f32(256, 384), np.empty((256, 384), np.float32)
+    x = f32(256, 384)
     saved = _threads.current()
     _threads.apply(2)  # two column ranges, each packed alone
     try:
         with _parallel.always_split():
-            halves(x, out)
+            for fn in (whole, padded, halves):
+                out = np.full((256, 384), np.nan, np.float32)
+                fn(x, out)
+                np.testing.assert_allclose(out, x @ b, rtol=1e-4, atol=1e-3)
     finally:
         _threads.apply(saved)
-    np.testing.assert_allclose(out, x @ b, rtol=1e-4, atol=1e-3)
-    assert autotune.held(halves) > autotune.held(whole)
+    assert b.nbytes <= autotune.held(halves) < 1.1 * b.nbytes
     assert autotune.held(builders["gemm_bt"]()) == b.nbytes
     # Gemm's transB: B is a view of the initializer, and gemm_bt's copy is the initializer
     assert autotune.held(ops_gemm._gemm_builders(b.T)["gemm_bt"]()) == 0
     assert autotune.held(builders["gemm"]()) == 0
+    # one row: the padded layout is the only one MKL has, offered once
+    assert "mkl_packed_padded" not in ops_gemm._gemm_builders(b, rows=1)
 
 
 @pytest.mark.skipif(not _mkl.available(), reason="the mkl extra is not installed")
 def test_a_weight_made_for_the_product_is_held_only_where_read():
     """A conv's reordered weight (`_gemm_builders(bm, source)`): the candidates reading it
     per call hold it and say so; the packed ones keep only their packs (a range packed
-    later is packed from a fresh copy), and the depth split's packs weigh one pack, not
-    the column split's two padded ones."""
+    later is packed from a fresh copy), which together weigh about the weight."""
     import gc
     import weakref
 
@@ -689,7 +694,7 @@ def test_a_weight_made_for_the_product_is_held_only_where_read():
     plain, packed = builders["gemm"](), builders["mkl_packed"]()
     cols, depth = builders["mkl_packed_cols"](), builders["mkl_packed_k"]()
     assert autotune.held(plain) == w.nbytes
-    assert autotune.held(packed) == _mkl.PackedB(w).resident()
+    assert autotune.held(packed) == _mkl.PackedB(w, 2).resident()
     del plain, builders, bm
     gc.collect()
     assert alive() is None  # the packed candidates kept no copy of their own
@@ -705,7 +710,8 @@ def test_a_weight_made_for_the_product_is_held_only_where_read():
     finally:
         _threads.apply(saved)
     assert len(made) == 3  # bm, then one copy per split candidate's first call
-    assert autotune.held(depth) < 0.75 * autotune.held(cols)
+    for fn in (packed, cols, depth):
+        assert w.nbytes <= autotune.held(fn) < 1.1 * w.nbytes
 
 
 @pytest.mark.parametrize("how", ["settings", "env"])

@@ -76,8 +76,8 @@ def test_packed_products_match_the_pool_and_numpy(two_threads, m, k, n, act, res
     z = f32(m * n) if residual else _EMPTY
     want = a.astype(np.float64) @ b.astype(np.float64) + bias
     want = act_numpy(want + (z.reshape(m, n) if residual else 0.0), act)
-    builders = _gemm_builders(b, rows=1)  # (rows: offered the depth split too)
-    for name in ("mkl_packed", "mkl_packed_cols", "mkl_packed_k"):
+    builders = _gemm_builders(b, rows=2)  # (few rows: offered the depth split too)
+    for name in ("mkl_packed", "mkl_packed_padded", "mkl_packed_cols", "mkl_packed_k"):
         fn = builders[name]()
         for aa in (a, np.ascontiguousarray(a.T).T):  # row-major A, and A as a transpose
             got = np.full((m, n), np.nan, np.float32)

@@ -177,17 +177,27 @@ def resident_bytes(buf: np.ndarray) -> int:
 class PackedB:
     """A constant B (K, N) packed once into MKL's internal layout (the weight of a MatMul,
     or the transposed weight of a convolution); `a @ B` by `product(a, c)` then skips the
-    packing every plain GEMM call does. The packed size does not depend on A's rows."""
+    packing every plain GEMM call does.
 
-    def __init__(self, b: np.ndarray) -> None:
+    MKL lays the pack out for the rows of A it is told (`rows`), and any row count can
+    then use it. For one row it pads B to panels of 512 columns, plus 128: K x (512
+    ceil(N / 512) + 128) floats, 10x the weight for 64 columns, 1.5x for 768. For two or
+    more it fills about the weight itself. (Measured here, one thread, ms, packed for one
+    row / for the rows multiplied: 1568x576x64 0.75 / 0.84, 64x768x2304 1.55 / 1.84, but
+    98x2304x256 0.76 / 0.72 and 24x4608x512 1.57 / 1.44: either layout can win, so
+    selection measures both; see ops_gemm._gemm_builders.) The size MKL reserves is the
+    same either way: only the pages it writes count (`resident`)."""
+
+    def __init__(self, b: np.ndarray, rows: int = 1) -> None:
         lib = library()
         assert lib is not None, why()
         self.k, self.n = b.shape
+        self.rows = max(1, int(rows))
         trans, ld = _operand(b)
-        size = lib.cblas_sgemm_pack_get_size(_B_MATRIX, 1, self.n, self.k)
+        size = lib.cblas_sgemm_pack_get_size(_B_MATRIX, self.rows, self.n, self.k)
         self.buf = _buffer(int(size))  # MKL's packed data must not move: it never does
         lib.cblas_sgemm_pack(
-            _ROW_MAJOR, _B_MATRIX, trans, 1, self.n, self.k, 1.0, b.ctypes.data, ld,
+            _ROW_MAJOR, _B_MATRIX, trans, self.rows, self.n, self.k, 1.0, b.ctypes.data, ld,
             self.buf.ctypes.data,
         )  # fmt: skip
         self._lib = lib

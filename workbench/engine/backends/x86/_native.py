@@ -247,17 +247,19 @@ def packed_rows_call(
 
 
 def packed_ranges(
-    packs: dict, weight: Callable[[], np.ndarray], parts: list, by_rows: bool
+    packs: dict, weight: Callable[[], np.ndarray], parts: list, by_rows: bool, rows: int = 2
 ) -> list[_mkl.PackedB]:
     """The packs of B's column ranges `parts` (or its row ranges: by_rows), each packed
-    on its first use into `packs` ((lo, hi) -> PackedB) from `weight()`, B itself or a
-    fresh copy of it: a kernel that owns a copy of its weight need not keep it beside the
-    packs (its product's candidates are built from `_gemm_builders(bm, source)`)."""
+    on its first use into `packs` ((lo, hi) -> PackedB) for products of `rows` rows, from
+    `weight()`, B itself or a fresh copy of it: a kernel that owns a copy of its weight
+    need not keep it beside the packs (its product's candidates are built from
+    `_gemm_builders(bm, source)`)."""
     missing = [part for part in parts if part not in packs]
     if missing:
         bm = weight()
         for lo, hi in missing:
-            packs.setdefault((lo, hi), _mkl.PackedB(bm[lo:hi] if by_rows else bm[:, lo:hi]))
+            b = bm[lo:hi] if by_rows else bm[:, lo:hi]
+            packs.setdefault((lo, hi), _mkl.PackedB(b, rows))
     return [packs[part] for part in parts]
 
 
@@ -300,16 +302,17 @@ def packed_split_call(
     post,
     grain: int,
     depth: bool = False,
+    rows: int = 2,
 ) -> Callable[[], object] | None:
     """o2 = x2 @ B and `post` on o2, B's columns split over numba's threads, or with
-    `depth` its rows (the depth K), each range packed once (`packed_ranges`), as a call of
-    no arguments (see `packed_rows_call`); None where the pool must do it.
+    `depth` its rows (the depth K), each range packed once for `rows` rows
+    (`packed_ranges`), as a call of no arguments (see `packed_rows_call`); None where the
+    pool must do it.
 
     By depth, each part multiplies its range of x2's columns by its range of B's rows into
     o2 or a partial product of its own, which are then added to o2 in order, rows split,
     before the epilogue. Every part has all of x2's rows and all of B's columns: on few
-    rows (7x7 pixels) that keeps MKL as fast as the column split, whose two packs are each
-    padded to 512 columns, while the row ranges' packs together weigh one."""
+    rows (7x7 pixels) that keeps MKL as fast as the column split."""
     epi = _epilogue(post)
     if epi is None or not o2.flags.c_contiguous or not available():
         return None
@@ -317,7 +320,7 @@ def packed_split_call(
     if m == 0:
         return _nothing
     parts = _parallel.split(k if depth else n, grain, align=16)
-    packed = packed_ranges(packs, weight, parts, depth)
+    packed = packed_ranges(packs, weight, parts, depth, rows)
     bufs = np.array([p.buf.ctypes.data for p in packed], np.uint64)
     ta, lda = _mkl._operand(x2)
     y, a = o2.reshape(-1), x2.ctypes.data

@@ -22,9 +22,9 @@ Time is not the only cost: a candidate may hold memory of its own (MKL's packed 
 weight, a transposed copy, Winograd's transformed weights), which it tells by a `held()`
 attribute on its function (bytes resident). Among the candidates within `MEMORY_SLACK` of
 the fastest time (closer than these machines' noise between runs), the one holding the
-least memory wins: a packed copy must buy more speed than that to be kept. (MKL pads a
-packed matrix to a multiple of 512 columns, so a 384x384 weight's pack is 1.7x the
-weight, and each 192-column half of it packed alone 3.3x.)
+least memory wins: a packed copy must buy more speed than that to be kept. (MKL's pack
+laid out for one row of A pads B to a multiple of 512 columns, plus 128, so a 384x384
+weight's `mkl_packed_padded` is 1.7x the weight, where `mkl_packed` is about 1x.)
 
 Measuring one node again and again keeps its weights in cache, which a model never does:
 by the next run the other nodes' data has evicted them. A candidate that reads its own
@@ -103,7 +103,7 @@ BUSY_RATIO = float(os.environ.get("WORKBENCH_BUSY_RATIO", "3"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 19
+CACHE_VERSION = 20
 
 Builder = Callable[[], Callable[..., Any]]
 

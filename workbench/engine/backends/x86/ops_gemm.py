@@ -9,12 +9,13 @@ Algorithms recorded as `run.algorithm`:
 - ``batched_gemm``: MatMul in general (numpy's batching, broadcasting and 1-D rules).
 
 With a constant float32 B, `autotune` measures five ways of calling BLAS per row count
-(seven with MKL, eight on few rows) and keeps the fastest: ``gemm`` (A's rows split over
+(eight with MKL, nine on few rows) and keeps the fastest: ``gemm`` (A's rows split over
 the threads), ``gemm_t`` (the transposed product, rows split), ``gemm_bt`` (B transposed once, rows
 split), ``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads half the weight,
 which wins when A has few rows); with the `mkl` extra also ``mkl_packed``,
-``mkl_packed_cols`` and, for few rows, ``mkl_packed_k`` (MKL's GEMM on B packed once,
-split by rows, columns or depth; see _mkl.py and _native.py); MatMul's show with a
+``mkl_packed_padded``, ``mkl_packed_cols`` and, for few rows, ``mkl_packed_k`` (MKL's
+GEMM on B packed once, split by rows, columns or depth; see _mkl.py and _native.py);
+MatMul's show with a
 ``_flat`` suffix. Each thread's part is one single-threaded BLAS
 call (see _parallel.py).
 
@@ -247,8 +248,10 @@ def _gemm_builders(
     which makes BLAS pack and block the operands the other way round) and on a transposed
     copy of bm made once (``gemm_bt``), split by rows of x2; or split by columns of bm
     (``gemm_cols``, ``gemm_t_cols``); with MKL installed, also MKL's GEMM on bm packed
-    once, split by rows (``mkl_packed``: every thread reads the one packed copy) or by
-    columns (``mkl_packed_cols``: each column range packed on its first call). (Variants
+    once, split by rows (``mkl_packed``: every thread reads the one packed copy, laid out
+    for a part's rows; ``mkl_packed_padded``: laid out for one row, padded, sometimes
+    faster: see _mkl.PackedB) or by columns (``mkl_packed_cols``: each column range packed
+    on its first call). (Variants
     on the calling thread alone won in isolation on MobileNetV2's small products, 0.27 ms
     against 0.38 on two threads, but cost whole models 0.6 ms: the previous kernel left
     half of their input in the other core's cache. They are not offered.)
@@ -349,8 +352,12 @@ def _gemm_builders(
     if _mkl.available():
         from . import _native  # (imports the epilogue kernels, which import this module)
 
-        def mkl_packed():
-            packed = _mkl.PackedB(bm)
+        # the rows of each part of a product split by rows: the rows MKL packs B for
+        # (_mkl.PackedB: two or more, its layout without padding)
+        part_rows = max(2, (rows or 2) // len(_parallel.split(rows or 2, grain(2.0 * k * n))))
+
+        def mkl_packed(pack_rows: int = part_rows):
+            packed = _mkl.PackedB(bm, pack_rows)
 
             def native(x2, o2, post):  # the parts on numba's threads, where they can run
                 return _native.packed_rows_call(packed, x2, o2, post, grain(2.0 * k * n))
@@ -359,24 +366,28 @@ def _gemm_builders(
 
         def mkl_packed_cols():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
+            pack_rows = max(2, rows or 2)
 
             def product(x2, o2, lo, hi):
-                _native.packed_ranges(packs, weight, [(lo, hi)], False)[0].product(x2, o2[:, lo:hi])
+                pack = _native.packed_ranges(packs, weight, [(lo, hi)], False, pack_rows)[0]
+                pack.product(x2, o2[:, lo:hi])
 
             def native(x2, o2, post):
                 g = grain(2.0 * k * len(x2))
-                return _native.packed_split_call(packs, weight, x2, o2, post, g)
+                return _native.packed_split_call(packs, weight, x2, o2, post, g, rows=pack_rows)
 
-            # (each range packed on its own is padded on its own: see autotune.MEMORY_SLACK)
             held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
             return by_cols(product, held, native)
 
         def mkl_packed_k():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per range of B's rows
+            pack_rows = max(2, rows or 2)
 
             def native(x2, o2, post):
                 g = grain(2.0 * len(x2) * n)
-                return _native.packed_split_call(packs, weight, x2, o2, post, g, depth=True)
+                return _native.packed_split_call(
+                    packs, weight, x2, o2, post, g, depth=True, rows=pack_rows
+                )
 
             def fn(x2, o2, post=None):
                 call = native(x2, o2, post)
@@ -393,6 +404,8 @@ def _gemm_builders(
             "mkl_packed": mkl_packed,
             "mkl_packed_cols": mkl_packed_cols,
         }
+        if rows != 1:  # (for one row, mkl_packed is this layout)
+            builders["mkl_packed_padded"] = partial(mkl_packed, 1)
         if rows is not None and rows <= DEPTH_SPLIT_ROWS:
             builders["mkl_packed_k"] = mkl_packed_k
     return builders
@@ -407,7 +420,7 @@ def _depth_on_pool(
 
     m, k, n = x2.shape[0], x2.shape[1], o2.shape[1]
     parts = _parallel.split(k, grain(2.0 * m * n), align=16)
-    packed = _native.packed_ranges(packs, weight, parts, True)
+    packed = _native.packed_ranges(packs, weight, parts, True, max(2, m))
     outs = [o2] + [np.empty_like(o2) for _ in parts[1:]]
 
     def part(i: int) -> None:
