@@ -25,6 +25,7 @@ from . import onnx_file
 from .ir import Graph, Node, Value, np_dtype
 from .memory_guard import check_size
 from .model import Model
+from .passes.fused_ops import register_schemas
 
 # Tensors above this size are not sent through shape inference (it only needs their dims).
 _STRIP_BYTES = 1024
@@ -141,6 +142,7 @@ def _from_proto(
     # Initializers whose bytes are still in the file (see onnx_file), by name.
     in_file = {t.name: s for t, s in zip(proto.graph.initializer, spans) if s is not None}
     light = _strip_weights(proto, set(in_file))
+    register_schemas(o.domain for o in light.opset_import)  # (before onnx checks it)
     if check:
         try:
             onnx.checker.check_model(light)
@@ -628,6 +630,7 @@ def to_onnx(obj: Model | Graph, *, opset_imports: dict[str, int] | None = None) 
         opsets.update(opset_imports)
     for n in model.graph.walk():  # every domain used must be imported (custom ones at 1)
         opsets.setdefault(n.domain, 1)
+    register_schemas(opsets)  # (onnx then checks our ops as theirs)
     proto = helper.make_model(
         graph_to_proto(model.graph),
         opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],

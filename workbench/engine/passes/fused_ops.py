@@ -2,12 +2,15 @@
 
 Each fusion module declares its ops with `define_op`; the declaration is the op's
 documentation (`workbench ops`, docs/fused_ops.md) and is registered as an ONNX
-`OpSchema`, so exported graphs pass `onnx.checker` and open in Netron with their
-inputs, outputs and attributes named.
+`OpSchema` (`register_schemas`), so exported graphs pass `onnx.checker` and open in Netron
+with their inputs, outputs and attributes named. Registering waits until a graph of the
+domain meets onnx (exported, or loaded from a file): it needs onnx.reference imported
+first (see `register_schemas`), 12 MiB of modules a session does not otherwise need.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DOMAIN = "workbench"
@@ -36,11 +39,34 @@ def define_op(
     attributes: dict[str, str] | None = None,
     replaces: str = "",
 ) -> OpDoc:
-    """Declare (and register with onnx.defs) an op of the `workbench` domain."""
+    """Declare an op of the `workbench` domain (registered with onnx.defs at once where
+    `register_schemas` has run, else by it)."""
     op = OpDoc(name, doc, tuple(inputs), tuple(outputs), dict(attributes or {}), replaces)
     FUSED_OPS[name] = op
-    _register_schema(op)
+    if _registered:
+        _register_schema(op)
     return op
+
+
+_registered: list[bool] = []  # [True] once register_schemas ran
+
+
+def register_schemas(domains: Iterable[str] = (DOMAIN,)) -> None:
+    """Register every fused op's schema with onnx.defs, once, where `domains` (a model's
+    opset imports) hold ours: before onnx checks, infers or exports such a model.
+    onnx.reference indexes every registered schema by name when first imported and
+    refuses two ops of one name across domains (the standard Gelu and Attention, and
+    ours), so it is imported first."""
+    if _registered or DOMAIN not in set(domains):
+        return
+    import onnx.reference.op_run  # noqa: F401
+
+    from .optimize import all_passes
+
+    all_passes()  # (imports every pass module: each defines its ops)
+    _registered.append(True)
+    for op in list(FUSED_OPS.values()):
+        _register_schema(op)
 
 
 _ATTR_TYPES = {
@@ -86,10 +112,6 @@ def _register_schema(op: OpDoc) -> None:
             type_constraints=[("T", [*_FLOATS, "tensor(int64)", "tensor(bool)"], "tensors")],
             attributes=attrs,
         )
-        # onnx.reference builds its op table from the schemas it sees on first import and
-        # then insists every name is unique across domains: import it before we add ours.
-        import onnx.reference.op_run  # noqa: F401
-
         defs.register_schema(schema)
     except Exception:  # an older onnx without schema registration: docs still work
         pass

@@ -25,7 +25,7 @@ from ...ir import Dim, Node, Value
 from ..fused_ops import define_op
 from ..infra import PassContext
 from ..rules import Match, Rule, RulePass, const_value, fused_name, like, producer, scalar
-from .gelu import absorb_producers  # (first: see the onnx.reference note there)
+from .gelu import absorb_producers
 
 ATTENTION = define_op(
     "Attention",

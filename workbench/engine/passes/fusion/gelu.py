@@ -16,11 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-# onnx.reference indexes every registered schema by name when first imported and refuses
-# two ops of one name (standard Gelu and Attention, and ours): import it before ours exist.
-# (The fix belongs in fused_ops.define_op; until then every fusion module imports this one.)
-import onnx.reference.op_run  # noqa: F401
-
 from ...ir import Node, Value
 from ..fused_ops import define_op
 from ..infra import PassContext
