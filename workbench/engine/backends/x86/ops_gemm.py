@@ -519,8 +519,9 @@ class _TunedProduct:
         bm = self.bm if self.source is None else self.source()
         flops = 2.0 * rows * k * n
         builders = _contenders(_gemm_builders(bm, self.source, rows), rows, flops, self.op)
-        # (B^T is the constant itself: a Linear layer's (N, K) weight, read as it is)
-        in_place = self.source is None and bm.T.flags.c_contiguous
+        # (B^T is the weight as it is, a Linear layer's (N, K): the constant itself, or the
+        # kernel's own copy read from its file, which then replaces it; no transposed copy)
+        in_place = bool(bm.T.flags.c_contiguous)
         del bm  # (the builders keep it where they need it)
 
         def make_args():
