@@ -15,8 +15,7 @@ split), ``gemm_cols`` and ``gemm_t_cols`` (B's columns split: each thread reads 
 which wins when A has few rows); with the `mkl` extra also ``mkl_packed``,
 ``mkl_packed_padded``, ``mkl_packed_cols`` and, for few rows, ``mkl_packed_k`` (MKL's
 GEMM on B packed once, split by rows, columns or depth; see _mkl.py and _native.py);
-MatMul's show with a
-``_flat`` suffix. Each thread's part is one single-threaded BLAS
+MatMul's show with a ``_flat`` suffix. Each thread's part is one single-threaded BLAS
 call (see _parallel.py).
 
 BLAS writes straight into the arena's buffer when the executor passes `out=` (see
@@ -251,10 +250,10 @@ def _gemm_builders(
     once, split by rows (``mkl_packed``: every thread reads the one packed copy, laid out
     for a part's rows; ``mkl_packed_padded``: laid out for one row, padded, sometimes
     faster: see _mkl.PackedB) or by columns (``mkl_packed_cols``: each column range packed
-    on its first call). (Variants
-    on the calling thread alone won in isolation on MobileNetV2's small products, 0.27 ms
-    against 0.38 on two threads, but cost whole models 0.6 ms: the previous kernel left
-    half of their input in the other core's cache. They are not offered.)
+    on its first call). (Variants on the calling thread alone won in isolation on
+    MobileNetV2's small products, 0.27 ms against 0.38 on two threads, but cost whole
+    models 0.6 ms: the previous kernel left half of their input in the other core's
+    cache. They are not offered.)
 
     `fn(x2, o2, post)` calls `post(o2, r0, r1, c0, c1)` on each part's block of o2 (rows
     r0..r1-1, columns c0..c1-1) right after its product, on the thread that made it: a
