@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 
 def conv_pads(
@@ -40,3 +43,20 @@ def conv_pads(
 
 def conv_out_size(size: int, k: int, stride: int, dilation: int, pb: int, pe: int) -> int:
     return (size + pb + pe - ((k - 1) * dilation + 1)) // stride + 1
+
+
+def constant_value(attrs: Mapping[str, Any]) -> np.ndarray | None:
+    """The tensor a Constant node's attributes hold; None for a sparse one."""
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32)):
+        if name in attrs:
+            return np.array(attrs[name], dtype=dtype)
+    for name in ("value_int", "value_ints"):
+        if name in attrs:
+            return np.array(attrs[name], dtype=np.int64)
+    if "value_string" in attrs:
+        return np.array(attrs["value_string"], dtype=object)
+    if "value_strings" in attrs:
+        return np.array(list(attrs["value_strings"]), dtype=object)
+    return None

@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..common import constant_value
 from ._table import kernels
 
 
 @kernels.register("Constant", since=1)
 def constant(node, ctx):
-    a = node.attrs
-    if "value" in a:
-        value = np.asarray(a["value"])
-    elif "value_float" in a:
-        value = np.array(a["value_float"], dtype=np.float32)
-    elif "value_floats" in a:
-        value = np.array(a["value_floats"], dtype=np.float32)
-    elif "value_int" in a:
-        value = np.array(a["value_int"], dtype=np.int64)
-    elif "value_ints" in a:
-        value = np.array(a["value_ints"], dtype=np.int64)
-    elif "value_string" in a:
-        value = np.array(a["value_string"], dtype=object)
-    elif "value_strings" in a:
-        value = np.array(list(a["value_strings"]), dtype=object)
-    else:
+    value = constant_value(node.attrs)
+    if value is None:
         return None  # sparse_value: onnx.reference's
 
     def run():

@@ -23,6 +23,7 @@ import numpy as np
 from ...ir import np_dtype
 from ...memory_guard import check_size
 from ..base import deliver, dest
+from ..common import constant_value
 from ._numba import const_input, has_input
 from ._table import kernels
 from .depthwise_nhwc import to_channels_first, to_channels_last
@@ -530,22 +531,8 @@ def constant_of_shape(node: Node, ctx: CompileContext) -> KernelFn | None:
 @kernels.register("Constant", since=1)
 def constant(node: Node, ctx: CompileContext) -> KernelFn | None:
     """The attribute's tensor; a fresh copy per run so no caller can edit the constant."""
-    a = node.attrs
-    if "value" in a:
-        value = np.asarray(a["value"])
-    elif "value_float" in a:
-        value = np.array(a["value_float"], dtype=np.float32)
-    elif "value_floats" in a:
-        value = np.array(a["value_floats"], dtype=np.float32)
-    elif "value_int" in a:
-        value = np.array(a["value_int"], dtype=np.int64)
-    elif "value_ints" in a:
-        value = np.array(a["value_ints"], dtype=np.int64)
-    elif "value_string" in a:
-        value = np.array(a["value_string"], dtype=object)
-    elif "value_strings" in a:
-        value = np.array(list(a["value_strings"]), dtype=object)
-    else:
+    value = constant_value(node.attrs)
+    if value is None:
         return None  # sparse_value
 
     def run(out=None):
