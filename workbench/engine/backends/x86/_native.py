@@ -35,8 +35,8 @@ import numpy as np
 from numba import prange
 
 from .... import _threads
-from . import _mkl, _parallel
-from ._numba import CONTRACT, njit, u64
+from . import _mkl, _parallel, winograd
+from ._numba import CONTRACT, njit, scratch, u64
 from .depthwise_nhwc import _depthwise_hwc
 from .ops_fused_conv import _EMPTY, Epilogue, ImageEpilogue, _epilogue_block, _epilogue_tile
 
@@ -397,6 +397,84 @@ def _depthwise(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, y,
 # fmt: on
 
 
+# fmt: off
+@njit(fastmath=CONTRACT)
+def _winograd_products(fp, v, u, mo, tiles, c, nm, x0, x1):  # pragma: no cover - compiled
+    """M[xi] = V[xi] (tiles, c) @ U[xi] (c, nm) by MKL for xi in x0..x1-1 (all flat)."""
+    for xi in range(x0, x1):
+        fp(
+            _ROW_MAJOR, _NO_TRANS, _NO_TRANS, tiles, nm, c, 1.0,
+            v.ctypes.data + u64(xi * tiles * c * 4), c, u.ctypes.data + u64(xi * c * nm * 4), nm,
+            0.0, mo.ctypes.data + u64(xi * tiles * nm * 4), nm,
+        )
+
+
+@njit(fastmath=CONTRACT)
+def _winograd_outputs(mo, nm, tw, m, ty0, ty1, oh, ow, bias, y, tiles, z, zero, act, p0, p1,
+                      finish):  # pragma: no cover - compiled
+    """Output tile rows ty0..ty1-1 into y (oh, ow, nm) with the bias, then the residual
+    and activation on each tile row's pixels while they are in cache."""
+    a = m + 2
+    tmp = np.empty(a * m * tw * nm, np.float32)
+    rows = np.empty(m * tw * m * nm, np.float32)
+    for ty in range(ty0, ty1):
+        winograd._output_tiles(mo, nm, tw, m, ty, ty + 1, oh, ow, bias, tmp, rows, y, tiles,
+                               True)
+        if finish:
+            r1 = min(ty * m + m, oh)
+            _epilogue_tile(y, zero, z, nm, ty * m * ow, r1 * ow, 0, nm, act, p0, p1)
+
+
+@njit(parallel=True, fastmath=CONTRACT)
+def _winograd(fp, x, h, w, c, pt, pl, u, bias, m, th, tw, oh, ow, nm, v, mo, rows_in, xis,
+              rows_out, y, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
+    """One channels-last image by Winograd F(m, 3) in three parallel loops on numba's
+    threads: input tiles by tile rows, the a*a products by xi, output tiles by tile rows."""
+    tiles = th * tw
+    for t in prange(rows_in.size - 1):
+        winograd.input_strips(x, h, w, c, pt, pl, tw, m, rows_in[t], rows_in[t + 1], v, tiles)
+    for t in prange(xis.size - 1):
+        _winograd_products(fp, v, u, mo, tiles, c, nm, xis[t], xis[t + 1])
+    for t in prange(rows_out.size - 1):
+        _winograd_outputs(mo, nm, tw, m, rows_out[t], rows_out[t + 1], oh, ow, bias, y, tiles,
+                          z, zero, act, p0, p1, finish)
+# fmt: on
+
+
+def winograd_call(
+    x: np.ndarray,
+    u: np.ndarray,
+    bias: np.ndarray,
+    m: int,
+    pads: tuple[int, int],
+    out: tuple[np.ndarray, int, int, int],
+    tail: tuple,
+) -> Callable[[], object] | None:
+    """One channels-last image x (h, w, C) by Winograd F(m, 3) with the packed weight u
+    into out = (y flat (OH, OW, M), M, OH, OW), plus bias, then the epilogue `tail` (z,
+    zero, act, p0, p1, finish) on each tile row: `winograd.image`'s four phases with no
+    Python between them, MKL's GEMMs called from numba's threads. A call of no arguments
+    (its work arrays taken when it runs); None where this path does not run here."""
+    if not (available() and _mkl.available()):
+        return None
+    h, w, c = x.shape
+    y, nm, oh, ow = out
+    a = m + 2
+    th, tw = -(-oh // m), -(-ow // m)
+    grain = max(1, winograd._GRAIN // (a * a * tw * max(c, nm)))
+    rows = _bounds(_parallel.split(th, grain))
+    xis = _bounds(_parallel.split(a * a, max(1, int(4e6 // (2.0 * nm * c * th * tw)))))
+    xf = x.reshape(-1)
+
+    def call() -> None:
+        v = scratch((a * a * th * tw * c,), "Winograd input tiles")
+        mo = scratch((a * a * th * tw * nm,), "Winograd products", slot=1)
+        _winograd(_sgemm(), xf, h, w, c, *pads, u, bias, m, th, tw, oh, ow, nm, v, mo, rows, xis,
+                  rows, y, *tail)  # fmt: skip
+
+    return call
+
+
 def rows_call(
     serial: Callable, parallel: Callable, head: tuple, tail: tuple, rows: int, grain: int
 ) -> Callable[[], object]:
@@ -424,5 +502,5 @@ def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[
 
 __all__ = [
     "available", "conv_gemm", "depthwise_call", "packed_ranges", "packed_rows_call",
-    "packed_split_call", "probe_seconds", "rows_call", "spin_up", "why",
+    "packed_split_call", "probe_seconds", "rows_call", "spin_up", "why", "winograd_call",
 ]  # fmt: skip

@@ -446,13 +446,20 @@ def _winograd(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict, m
         finish = act[0] != 0 or zz is not _EMPTY
         per_image = []
         for i in range(n):
-            done = None
-            if finish:  # residual and activation on each part's rows (bias is in the tiles)
-                z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
-                epi = Epilogue(zero, z_i, act)
-                done = partial(_rows_epilogue, epi, y[i].reshape(-1, nm), g.ow)
-            out_i = (yf[i], nm, g.oh, g.ow, True)
-            per_image.append(partial(winograd.image, xf[i], u, bv, m, (g.pt, g.pl), out_i, done))
+            # residual and activation on each part's rows (the bias is in the tiles)
+            z_i = _EMPTY if zz is _EMPTY else zz.reshape(n, -1)[i]
+            call = _native.winograd_call(
+                xf[i], u, bv, m, (g.pt, g.pl), (yf[i], nm, g.oh, g.ow), (z_i, zero, *act, finish)
+            )
+            if call is None:  # (no numba threads or no MKL: the phases on the pool)
+                done = None
+                if finish:
+                    done = partial(
+                        _rows_epilogue, Epilogue(zero, z_i, act), y[i].reshape(-1, nm), g.ow
+                    )
+                out_i = (yf[i], nm, g.oh, g.ow, True)
+                call = partial(winograd.image, xf[i], u, bv, m, (g.pt, g.pl), out_i, done)
+            per_image.append(call)
         return y, xf, zz, per_image
 
     run = _image_by_image(calls, bias, f"winograd_f{m}_nhwc")

@@ -174,22 +174,58 @@ def _apply(kind, src, s, step, dst, o, ostep, count):  # pragma: no cover - comp
 
 
 @njit
-def _input_tiles(xh, c, wp, tw, m, ty0, ty1, rowt, v, ntiles):  # pragma: no cover - compiled
+def _input_tiles(xh, first, c, wp, tw, m, ty0, ty1, rowt, v, ntiles):  # pragma: no cover
     """V[xi, t, :] = (B^T d B)[xi] for the tiles of tile rows ty0..ty1-1 (tile t = ty*tw
-    + tx) of one image xh (hp, wp, c) flat; v (a*a, ntiles, c) flat, rowt (a, wp, c) a
-    work array."""
+    + tx) of one image padded channels-last, (rows, wp, c) flat in xh from tile row
+    `first`'s first row; v (a*a, ntiles, c) flat, rowt (a, wp, c) a work array."""
     a = m + 2
     kind = 0 if m == 2 else 2
     row = wp * c  # one row of xh
     plane = ntiles * c  # one xi of v
     for ty in range(ty0, ty1):
         # vertical half on the tile row's whole width: rowt[i] = sum_k B^T[i, k] * xh[ty*m + k]
-        _apply(kind, xh, ty * m * row, row, rowt, 0, row, row)
+        _apply(kind, xh, (ty - first) * m * row, row, rowt, 0, row, row)
         # horizontal half: V[i*a + j, t, :] = sum_k B^T[j, k] * rowt[i, tx*m + k, :]
         for tx in range(tw):
             t = ty * tw + tx
             for i in range(a):
                 _apply(kind, rowt, i * row + tx * m * c, c, v, i * a * plane + t * c, plane, c)
+
+
+@njit
+def _strip(x, h, w, c, top, left, a, wp, dst):  # pragma: no cover - compiled
+    """dst (a, wp, c) = rows top..top+a-1 and columns left..left+wp-1 of x (h, w, c), both
+    flat, with zeros where they fall outside x (the conv's padding)."""
+    row = wp * c
+    j0, j1 = max(0, -left), max(0, min(wp, w - left))  # dst columns inside x
+    for r in range(a):
+        i, d = top + r, r * row
+        if i < 0 or i >= h or j1 <= j0:
+            for q in range(row):
+                dst[u64(d + q)] = 0.0
+            continue
+        for q in range(j0 * c):
+            dst[u64(d + q)] = 0.0
+        src = (i * w + left) * c  # (+ q: the value of dst's q in this row)
+        for q in range(j0 * c, j1 * c):
+            dst[u64(d + q)] = x[u64(src + q)]
+        for q in range(j1 * c, row):
+            dst[u64(d + q)] = 0.0
+
+
+@njit
+def input_strips(x, h, w, c, pt, pl, tw, m, ty0, ty1, v, ntiles):  # pragma: no cover
+    """`_input_tiles` of tile rows ty0..ty1-1 of one channels-last image x (h, w, c) flat,
+    unpadded (top/left pads pt, pl): each tile row's a input rows are first copied with
+    their padding into a strip of the thread's own, so no padded copy of the image is
+    shared between the parts."""
+    a = m + 2
+    wp = tw * m + 2
+    strip = np.empty(a * wp * c, np.float32)
+    rowt = np.empty(a * wp * c, np.float32)
+    for ty in range(ty0, ty1):
+        _strip(x, h, w, c, ty * m - pt, -pl, a, wp, strip)
+        _input_tiles(strip, ty, c, wp, tw, m, ty, ty + 1, rowt, v, ntiles)
 
 
 @njit
@@ -281,7 +317,7 @@ def image(
 
     def tiles_in(lo: int, hi: int) -> None:
         rowt = np.empty(a * wp * c, np.float32)
-        _input_tiles(xh, c, wp, tw, m, lo, hi, rowt, vf, tiles)
+        _input_tiles(xh, 0, c, wp, tw, m, lo, hi, rowt, vf, tiles)
 
     _parallel.for_ranges(tiles_in, th, max(1, _GRAIN // (a * a * tw * c)))
     _parallel.for_ranges(
