@@ -337,11 +337,11 @@ def kernel_table(
 def _candidates_text(run: Any) -> str:
     ms = getattr(run, "candidates", None) or {}
     mib = getattr(run, "candidates_mib", None) or {}
-    cold = getattr(run, "candidates_cold", None) or {}  # ms charged for weights read cold
+    cold = getattr(run, "candidates_cold", None) or {}  # ms its weights' read from memory takes
     return ", ".join(
         f"{a}={t:.3g}"
         + (f" ({mib[a]:.3g} MiB)" if mib.get(a) else "")
-        + (f" (+{cold[a]:.2g} cold)" if cold.get(a) else "")
+        + (f" (cold read {cold[a]:.2g})" if cold.get(a) else "")
         for a, t in sorted(ms.items(), key=lambda kv: kv[1])
     )
 

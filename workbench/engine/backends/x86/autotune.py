@@ -29,12 +29,15 @@ weight's `mkl_packed_padded` is 1.7x the weight, where `mkl_packed` is about 1x.
 Measuring one node again and again keeps its weights in cache, which a model never does:
 by the next run the other nodes' data has evicted them. A candidate that reads its own
 weights in a way that cannot hide that read behind its arithmetic says how many bytes it
-streams (a `streamed()` attribute), and selection charges it their time at the memory
-bandwidth measured once per process (`bandwidth`). Winograd does: its a*a GEMMs each read
-one slice of the transformed weights against few tiles. Measured on ResNet-50's 256
-channels at 14x14 (4 MiB for F(2, 3), 2 vCPUs, ~10 GB/s): 1.33 ms alone, 1.68 in the
-model, against 1.39 and 1.36 for windows + MKL's packed GEMM, whose prefetching hides its
-weight's read.
+streams (a `streamed()` attribute), and selection takes their read at the memory
+bandwidth measured once per process (`bandwidth`) as the least time it can take in a
+model: its time is the larger of the two (a roofline; the read and the arithmetic
+overlap). Winograd does: its a*a GEMMs each read one slice of the transformed weights
+against few tiles. (Adding the read's time instead, as this did first, overcharged it
+once its phases ran on numba's threads: ResNet-50's 256 channels at 14x14, F(2, 3) with 4
+MiB, measured 0.55 ms hot + 0.31 charged against 1.0 for windows + MKL's packed GEMM, and
+took 0.61-0.70 in the model, where windows + GEMM took 0.87-0.94. At 7x7 x 512, 16 MiB
+of F(2, 3) cannot be read in the 1.4 ms it takes hot, and the floor keeps it out.)
 
 Settings (environment, or `settings(...)` as a context manager):
 
@@ -42,7 +45,7 @@ Settings (environment, or `settings(...)` as a context manager):
 - ``WORKBENCH_BUSY_RATIO=0``: every measured choice is stored, however slow the host
   was while measuring (default 3: see `host_busy`).
 - ``WORKBENCH_MEMORY_SLACK=0``: the fastest candidate wins whatever memory it holds
-  (default 0.03: 3% slower is as fast).
+  (default 0.03: 3% slower is as fast, when it holds at least `MEMORY_SAVING` less).
 - ``WORKBENCH_ALGORITHM=winograd_f4`` or ``Conv=winograd_f2,MatMul=gemm_t``: force an
   algorithm (for teaching: watch what each costs); a node without that candidate keeps
   its own choice.
@@ -94,6 +97,11 @@ PROCESS_BUDGET_S = float(os.environ.get("WORKBENCH_AUTOTUNE_BUDGET", "8"))
 # a candidate this much slower than the fastest (relative) still counts as fast: the one
 # holding the least memory among those wins
 MEMORY_SLACK = float(os.environ.get("WORKBENCH_MEMORY_SLACK", "0.03"))
+# ... when it holds at least this share less than the fastest: MKL's packs of one weight
+# for a split by rows and by columns differ by a few KiB (4.01 and 4.02 MiB for ResNet-50's
+# 512 -> 2048 1x1 conv at 7x7), which chose the split by rows, 0.81-0.85 ms in the model
+# against 0.58 by columns (each thread then reads half the weight, not all of it)
+MEMORY_SAVING = 0.1
 
 # A probe of the host this much slower than its best says the host is busy: what selection
 # measures then is used but not stored (see `host_busy`); 0 turns the check off. (The
@@ -103,7 +111,7 @@ BUSY_RATIO = float(os.environ.get("WORKBENCH_BUSY_RATIO", "3"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 21
+CACHE_VERSION = 22
 
 Builder = Callable[[], Callable[..., Any]]
 
@@ -124,7 +132,7 @@ class Choice:
     source: str
     candidates: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
-    cold: dict[str, float] = field(default_factory=dict)  # ms charged for streamed bytes
+    cold: dict[str, float] = field(default_factory=dict)  # ms the streamed bytes' read takes
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -311,12 +319,12 @@ def select(
     for name in names:
         fn = builders[name]()
         nbytes = streamed(fn)
-        charge = nbytes / bandwidth() if nbytes else 0.0  # its weights' read, cold in a model
-        t = measure(fn, args, max(0.0, best - charge)) + charge
+        floor = nbytes / bandwidth() if nbytes else 0.0  # its weights' read, cold in a model
+        t = max(measure(fn, args, best), floor)
         ms[name] = round(t * 1e3, 4)
         mib[name] = round(held(fn) / 2**20, 3)
-        if charge:
-            cold[name] = round(charge * 1e3, 4)
+        if floor:
+            cold[name] = round(floor * 1e3, 4)
         best = min(best, t)
         del fn  # its packed weight goes now; the winner is built again below
     finalists = _finalists(ms, mib)
@@ -385,9 +393,9 @@ def _finalists(ms: Mapping[str, float], mib: Mapping[str, float]) -> list[str]:
 def confirm(
     fns: Mapping[str, Callable[..., Any]], args: tuple, charge: Mapping[str, float]
 ) -> dict[str, float]:
-    """Median ms of each of `fns` (plus its `charge`, seconds) timed in turns: a warm-up
-    call each, then rounds of one call each, `FINAL_ROUNDS` of them (at least 3 within
-    BUDGET_S per candidate)."""
+    """Median ms of each of `fns` (at least its floor in `charge`, seconds) timed in turns:
+    a warm-up call each, then rounds of one call each, `FINAL_ROUNDS` of them (at least 3
+    within BUDGET_S per candidate)."""
     clock, before = time.perf_counter, _previous_kernel()
     for fn in fns.values():
         fn(*args)
@@ -402,7 +410,7 @@ def confirm(
         if r >= 2 and clock() > stop:
             break
     stats["seconds"] += sum(sum(t) for t in times.values())
-    return {n: round((_median(t) + charge.get(n, 0.0)) * 1e3, 4) for n, t in times.items()}
+    return {n: round(max(_median(t), charge.get(n, 0.0)) * 1e3, 4) for n, t in times.items()}
 
 
 def _previous_kernel() -> Callable[[], None]:
@@ -461,11 +469,14 @@ def bandwidth() -> float:
 
 
 def pick(ms: Mapping[str, float], mib: Mapping[str, float]) -> str:
-    """The winner: the least memory held among the candidates within MEMORY_SLACK of the
-    fastest median (the faster of equals)."""
-    best = min(ms.values())
-    near = [n for n in ms if ms[n] <= best * (1.0 + MEMORY_SLACK)]
-    return min(near, key=lambda n: (mib.get(n, 0.0), ms[n]))
+    """The winner: the fastest median, unless a candidate within MEMORY_SLACK of it holds
+    at least MEMORY_SAVING less memory (then the least memory held among those, the faster
+    of equals)."""
+    fastest = min(ms, key=lambda n: (ms[n], mib.get(n, 0.0)))
+    near = [n for n in ms if ms[n] <= ms[fastest] * (1.0 + MEMORY_SLACK)]
+    leanest = min(near, key=lambda n: (mib.get(n, 0.0), ms[n]))
+    saved = mib.get(fastest, 0.0) - mib.get(leanest, 0.0)
+    return leanest if saved >= MEMORY_SAVING * mib.get(fastest, 0.0) and saved > 0 else fastest
 
 
 def announce(run: Any, choice: Choice, suffix: str = "") -> None:
