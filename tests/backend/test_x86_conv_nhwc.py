@@ -53,6 +53,8 @@ DEPTHWISE = [
     ((2, 7, 10, 11), (3, 3), {"strides": [1, 2], "dilations": [2, 2], "pads": [1, 1, 2, 2]}),
     ((1, 70, 6, 5), (5, 3), {"pads": [2, 1, 1, 0]}),
     ((1, 24, 7, 7), (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    # 3x3 undilated, channels a multiple of the vector width: 16 at a time in registers
+    ((1, 48, 9, 10), (3, 3), {"pads": [1, 1, 1, 1]}),
     # few channels, wide rows: runs of interior pixels computed at once, edges one by one
     ((1, 8, 5, 70), (3, 3), {"pads": [1, 1, 1, 1]}),
     ((2, 16, 6, 80), (5, 3), {"dilations": [1, 2], "pads": [2, 2, 1, 3]}),

@@ -111,7 +111,7 @@ BUSY_RATIO = float(os.environ.get("WORKBENCH_BUSY_RATIO", "3"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 22
+CACHE_VERSION = 23
 
 Builder = Callable[[], Callable[..., Any]]
 
