@@ -55,6 +55,7 @@ DEPTHWISE = [
     ((1, 24, 7, 7), (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
     # 3x3 undilated, channels a multiple of the vector width: 16 at a time in registers
     ((1, 48, 9, 10), (3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 32, 9, 8), (3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 1]}),
     # few channels, wide rows: runs of interior pixels computed at once, edges one by one
     ((1, 8, 5, 70), (3, 3), {"pads": [1, 1, 1, 1]}),
     ((2, 16, 6, 80), (5, 3), {"dilations": [1, 2], "pads": [2, 2, 1, 3]}),
