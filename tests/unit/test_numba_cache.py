@@ -52,3 +52,24 @@ def test_second_process_compiles_nothing(tmp_path):
     # in the first process and never needed on its own in the second, so counts may differ)
     assert second["misses"] == 0, f"second process recompiled: {second}"
     assert second["hits"] > 0
+
+
+def test_the_cache_folder_is_one_per_version_of_the_sources(tmp_path):
+    """numba checks only the file of the function it loads, not the files it inlines
+    from: a changed source anywhere in the package must start a fresh cache folder."""
+    from workbench import _cache
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m.py").write_text("x = 1\n")
+    first = _cache.tree_digest(tmp_path)
+    assert _cache.tree_digest(tmp_path) == first
+    (tmp_path / "a" / "m.py").write_text("x = 2\n")
+    assert _cache.tree_digest(tmp_path) != first
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["WORKBENCH_CACHE"] = str(tmp_path / "cache")
+    probe = "import os, workbench; print(os.environ['NUMBA_CACHE_DIR'])"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    folder = out.stdout.strip().splitlines()[-1]
+    assert folder == str(tmp_path / "cache" / "numba" / _cache.source_digest())

@@ -88,8 +88,9 @@ F32 = np.dtype(np.float32)
 u64 = numba.uint64
 
 
-# numba's disk cache does not track calls across files: after editing this helper, clear
-# the cache (NUMBA_CACHE_DIR) or the kernels inlining it keep their old machine code.
+# numba's disk cache does not track calls across files: the default cache folder is one
+# per version of the sources (workbench/_cache.py); a NUMBA_CACHE_DIR set by hand must be
+# cleared after editing this helper, or the kernels inlining it keep their old code.
 @njit(inline="always")
 def valid_range(off, stride, limit, count):
     """[lo, hi): the q in [0, count) with 0 <= q * stride + off < limit (window edges)."""

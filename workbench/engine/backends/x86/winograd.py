@@ -23,6 +23,10 @@ NCHW for `conv`, as they are for a channels-last `image` of the FusedConvNHWC ke
 where the fused epilogue then runs. (A first version ran the transforms along the
 tiles of an image row in NCHW: short vector loops and strided reads; at 64 channels of
 56x56 its two transforms took 3.9 ms on one thread against 0.3 ms for the GEMMs.)
+
+`image` runs the phases on the kernels' Python pool with numpy's GEMMs; the channels-last
+kernels run them as one compiled call on numba's threads with MKL's
+(`_native.winograd_call`, from `input_strips` and `_output_tiles` here), 2x faster.
 """
 
 from __future__ import annotations
