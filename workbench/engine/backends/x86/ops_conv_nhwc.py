@@ -40,6 +40,7 @@ from numba import prange
 from ..base import bind_scratch, dest, returning
 from . import (
     _native,
+    _parallel,
     autotune,
     depthwise_nhwc,
     direct_nhwc,
@@ -172,6 +173,7 @@ def _pointwise(node: Node, w: np.ndarray, bias: np.ndarray | None, act: tuple) -
     run.listeners, run.candidates, run.suffix = [], {}, "_nhwc"
     run.algorithm = "gemm_nhwc"
     run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
+    run.streamed = lambda: product.streamed()
     # a weight made when needed (ir.Deferred) is the products' own copy; one the graph
     # holds is read as it is
     product = _TunedProduct(
@@ -295,6 +297,7 @@ def _im2col(
     run.listeners, run.candidates, run.suffix = [], {}, "_im2col_nhwc"
     run.algorithm = "gemm_im2col_nhwc"
     run.held = lambda: product.held()  # (what autotune weighs against the other kernels)
+    run.streamed = lambda: product.streamed()
     product = _TunedProduct("MatMul", bm, run, (kh * kw * c, m), _measured_with(node, bias, act))
     ys = node.outputs[0].shape
     if ys is not None and len(ys) == 4 and all(isinstance(d, int) and d > 0 for d in ys[1:3]):
@@ -353,11 +356,13 @@ def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> 
     bp_const = direct_nhwc.pad_bias(bias, m, mp)
     zero = np.zeros(m, np.float32)
     geoms: dict[tuple, _ConvGeom] = {}
+    parts = [1]  # of the last call's rows: each part reads all of wp (run.streamed)
 
     def calls(x, b, z, out) -> tuple:
         """(y, x and z as the kernel reads them, one call of no arguments per image)."""
         g = _geometry(x, c, wshape, attrs, 1, geoms)
         n, h, wd = x.shape[:3]
+        parts[0] = n * len(_parallel.split(g.oh, 1))
         shape = (n, g.oh, g.ow, m)
         y = _output(out, shape)
         xf, yf = np.ascontiguousarray(x).reshape(n, -1), y.reshape(n, -1)
@@ -375,6 +380,7 @@ def _direct(w: np.ndarray, bias: np.ndarray | None, act: tuple, attrs: dict) -> 
 
     run = _image_by_image(calls, bias, "direct_nhwc")
     run.held = lambda: wp.nbytes
+    run.streamed = lambda: wp.nbytes * parts[0]
     return run
 
 
@@ -385,6 +391,7 @@ def _thin(w: np.ndarray, bias: np.ndarray | None, act: tuple) -> KernelFn:
     wp, mp = pointwise_nhwc.pack_weight(w)
     bp_const = pointwise_nhwc.pad_bias(bias, m, mp)
     zero = np.zeros(m, np.float32)
+    parts = [1]  # of the last call's pixels: each part reads all of wp (run.streamed)
 
     def calls(x, b, z, out) -> tuple:
         """(y, x and z as the kernel reads them, [the one call of no arguments])."""
@@ -397,12 +404,14 @@ def _thin(w: np.ndarray, bias: np.ndarray | None, act: tuple) -> KernelFn:
         zz = _full(z, shape, "FusedConvNHWC residual Z")
         finish = act[0] != 0 or zz is not _EMPTY
         pixels = math.prod(shape[:3])
+        parts[0] = len(_parallel.split(pixels, pointwise_nhwc.grain(c, m)))
         args = (xf.reshape(-1), wp, bp, c, m, y.reshape(-1))
         z_flat = zz if zz is _EMPTY else zz.reshape(-1)
         return y, xf, zz, [pointwise_nhwc.call(args, pixels, (z_flat, zero, *act, finish))]
 
     run = _image_by_image(calls, bias, "direct_1x1_nhwc")
     run.held = lambda: wp.nbytes
+    run.streamed = lambda: wp.nbytes * parts[0]
     return run
 
 

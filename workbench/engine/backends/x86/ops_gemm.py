@@ -269,9 +269,15 @@ def _gemm_builders(
     own = 0 if source is None else bm.nbytes
     # (the packed candidates call weight() for a range not yet packed, never keeping bm)
     weight = source if source is not None else (lambda: bm)
+    # what a candidate reads of B per call, cold in a model (autotune.streamed): B once
+    # where the threads split its columns or depth, once per part where they split A's rows
+    row_parts = len(_parallel.split(rows or 1, grain(2.0 * k * n)))
 
     def by_rows(
-        product: Callable, held: Callable[[], int] = lambda: own, native: Callable | None = None
+        product: Callable,
+        held: Callable[[], int] = lambda: own,
+        native: Callable | None = None,
+        reads: Callable[[], int] = lambda: 4 * k * n,
     ) -> Callable:
         def fn(x2, o2, post=None):
             call = None if native is None else native(x2, o2, post)
@@ -287,11 +293,15 @@ def _gemm_builders(
             _parallel.for_ranges(part, len(x2), grain(2.0 * k * n))
 
         fn.held = held  # bytes of its own (autotune weighs them)
+        fn.streamed = lambda: reads() * row_parts
         fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
         return fn
 
     def by_cols(
-        product: Callable, held: Callable[[], int] = lambda: own, native: Callable | None = None
+        product: Callable,
+        held: Callable[[], int] = lambda: own,
+        native: Callable | None = None,
+        reads: Callable[[], int] = lambda: 4 * k * n,
     ) -> Callable:
         def fn(x2, o2, post=None):
             call = None if native is None else native(x2, o2, post)
@@ -307,6 +317,7 @@ def _gemm_builders(
             _parallel.for_ranges(part, n, grain(2.0 * k * len(x2)), align=16)
 
         fn.held = held
+        fn.streamed = reads
         fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
         return fn
 
@@ -341,11 +352,13 @@ def _gemm_builders(
 
             bt = np.ascontiguousarray(bm.T)  # (a view when bm is a transposed initializer)
             bt_own = 0 if source is None and np.shares_memory(bt, bm) else bt.nbytes
-            return by_rows(
+            fn = by_rows(
                 lambda x2, o2: np.matmul(x2, bt.T, out=o2),
                 lambda: bt_own,
                 lambda x2, o2, post: gemv.gemv_call(bt, x2, o2, post),
             )
+            fn.streamed = lambda: bt.nbytes  # (its threads split the columns)
+            return fn
 
         builders["gemv"] = single_row
     if _mkl.available():
@@ -361,7 +374,7 @@ def _gemm_builders(
             def native(x2, o2, post):  # the parts on numba's threads, where they can run
                 return _native.packed_rows_call(packed, x2, o2, post, grain(2.0 * k * n))
 
-            return by_rows(packed.product, packed.resident, native)
+            return by_rows(packed.product, packed.resident, native, packed.resident)
 
         def mkl_packed_cols():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per column range
@@ -376,7 +389,7 @@ def _gemm_builders(
                 return _native.packed_split_call(packs, weight, x2, o2, post, g, rows=pack_rows)
 
             held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
-            return by_cols(product, held, native)
+            return by_cols(product, held, native, held)
 
         def mkl_packed_k():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per range of B's rows
@@ -395,7 +408,7 @@ def _gemm_builders(
                 else:
                     call()
 
-            fn.held = lambda: sum(p.resident() for p in packs.values())
+            fn.held = fn.streamed = lambda: sum(p.resident() for p in packs.values())
             fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
             return fn
 
@@ -504,6 +517,11 @@ class _TunedProduct:
     def held(self) -> int:
         """Bytes the selected algorithms hold of their own (packs, copies of bm)."""
         return sum(autotune.held(fn) for fn in self.fns.values())
+
+    def streamed(self) -> int:
+        """Bytes the selected algorithm reads of bm per call (`autotune.streamed`): the
+        most among the row counts selected for."""
+        return max((autotune.streamed(fn) for fn in self.fns.values()), default=0)
 
     def bind(self, x2: np.ndarray, o2: np.ndarray, post: Post | None = None) -> Callable:
         """`self(x2, o2, post)` as a call of no arguments, bound to these arrays (see

@@ -120,8 +120,12 @@ def call(args: tuple, pixels: int, tail: tuple) -> Callable[[], object]:
     """`_rows(*args[:5], lo, hi, *args[5:], *tail)` over the pixels split over the threads
     (`_native.rows_call`). args: x, wp, bp, c, m, y; tail: z, zero, act, p0, p1, finish."""
     c, m = args[3], args[4]
-    grain = max(8, (1 << 18) // max(1, c * m))  # ~0.5 MFLOP a part at least
-    return _native.rows_call(_rows, _parts, args[:5], (*args[5:], *tail), pixels, grain)
+    return _native.rows_call(_rows, _parts, args[:5], (*args[5:], *tail), pixels, grain(c, m))
 
 
-__all__ = ["MAX_OUTPUTS", "call", "pack_weight", "pad_bias"]
+def grain(c: int, m: int) -> int:
+    """Pixels in a part at least: ~0.5 MFLOP of c -> m channels."""
+    return max(8, (1 << 18) // max(1, c * m))
+
+
+__all__ = ["MAX_OUTPUTS", "call", "grain", "pack_weight", "pad_bias"]
