@@ -26,7 +26,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, THREADS)  # before numpy loads (onnxruntime is set below)
 
 import numpy as np  # noqa: E402
-from _timing import timed  # noqa: E402
+from _timing import quiet, timed  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2", "bert_6l", "bert", "gpt2"]
 
@@ -65,11 +65,13 @@ def measure(
         sess.run(feeds)
         ort_sess.run(None, feeds)
     ours, theirs = [], []
-    # Alternate in blocks, so drift in machine load hits both alike, and drop each block's
-    # first run: BLAS worker threads keep spinning for a while after a call and would tax
-    # whichever engine runs right after the other.
+    # Alternate in blocks, so drift in machine load hits both alike; before each block
+    # wait until the other engine's worker threads stop spinning (`quiet`: they would tax
+    # whichever engine runs next), and drop the block's first run (its threads wake).
     for _ in range(max(1, repeat // block)):
+        quiet()
         ours += timed(lambda: sess.run(feeds), block + 1)[1:]
+        quiet()
         theirs += timed(lambda: ort_sess.run(None, feeds), block + 1)[1:]
     m_ours, m_ort = float(np.median(ours)), float(np.median(theirs))
     return {

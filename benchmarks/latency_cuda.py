@@ -30,7 +30,7 @@ import types
 from pathlib import Path
 
 import numpy as np
-from _timing import timed
+from _timing import quiet, timed
 
 MODELS = ["resnet50", "mobilenet_v2", "bert_6l", "bert", "gpt2"]
 PRECISIONS = ["fp32", "fp16", "tf32"]
@@ -113,8 +113,10 @@ def measure(name: str, precision: str, repeat: int, warmup: int, block: int, tor
             theirs_fn()
     ours, theirs = [], []
     for _ in range(max(1, repeat // block)):
+        quiet()  # (the other engine's threads done spinning: see _timing.quiet)
         ours += timed(lambda: sess.run(feeds), block + 1)[1:]
         if theirs_fn is not None:
+            quiet()
             theirs += timed(theirs_fn, block + 1)[1:]
     row["ours_ms"] = float(np.median(ours) * 1e3)
     if theirs:
