@@ -476,6 +476,45 @@ def test_attention_kernel_matches_the_reference(sq, sk, mask_shape, causal, scal
     assert_close(got, want.astype(np.float32), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["heads", "batched"])
+@pytest.mark.parametrize(("sq", "sk", "mask_shape", "causal"), [
+    (7, 7, None, 0), (5, 9, (1, 1, 1, 9), 0), (9, 9, None, 1), (3, 11, (2, 3, 3, 11), 1),
+])  # fmt: skip
+def test_attention_on_views_of_one_projection_matches_the_reference(
+    monkeypatch, path, sq, sk, mask_shape, causal
+):
+    """Q, K and V as column ranges of one fused projection (rows 3x wider than a head
+    group), odd lengths and head sizes: by MKL head by head on numba's threads
+    (`attention_heads`, where MKL and numba's threads are here), and by the batched
+    matmul it falls back to."""
+    from workbench.engine.backends.x86 import _mkl, _native, attention_heads
+
+    heads, d = 3, 5
+    rng = np.random.default_rng(sq * 10 + sk)
+    qkv = rng.standard_normal((2, max(sq, sk), 3 * heads * d)).astype(np.float32)
+    q = qkv[:, :sq, : heads * d]
+    k, v = qkv[:, :sk, heads * d : 2 * heads * d], qkv[:, :sk, 2 * heads * d :]
+    inputs = [q, k, v]
+    if mask_shape is not None:
+        inputs.append(np.where(rng.random(mask_shape) < 0.3, -30, 0).astype(np.float32))
+    attrs = {"num_heads": heads, "causal": causal}
+    made = []
+    real = attention_heads.heads_call
+
+    def spy(*args):
+        made.append(None if path == "batched" else real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(attention_heads, "heads_call", spy)
+    (want,) = run_node("reference", "Attention", inputs, attrs, domain="workbench", opset=1,
+                       precision="fp64")  # fmt: skip
+    (got,) = run_node("x86", "Attention", inputs, attrs, domain="workbench", opset=1,
+                      expect_native=True)  # fmt: skip
+    assert_close(got, want.astype(np.float32), rtol=1e-5, atol=1e-6)
+    if path == "heads" and _mkl.available() and _native.available():
+        assert made and made[-1] is not None  # (the heads path ran)
+
+
 def test_attention_kernel_spreads_nan_like_the_reference():
     q, k, v = _rand(1, 3, 4), _rand(1, 3, 4), _rand(1, 3, 4)
     q[0, 1, 0] = np.nan

@@ -5,11 +5,12 @@ Gelu is one numba loop per element: exact GELU with the erf polynomial of
 `ops_activation` (in float64), the tanh form with an exp made of a polynomial and the
 exponent bits (below); neither calls libm, so LLVM vectorizes both. LayerNorm is the
 LayerNormalization kernel of `ops_norm` (one numba pass per row) over the last axis.
-Attention multiplies the heads as strided views of the 3-D projections (BLAS batched
-matmul, no Transpose materialized), then one numba pass per score row applies scale,
-mask and causal limit, takes max, exponentials and sum and normalizes in place (the row
-stays in L1 between its loops), and the second matmul writes straight into the
-[b, s, heads, dv] layout of the output.
+Attention runs head by head on numba's threads with MKL's GEMMs where both are here
+(`attention_heads`); elsewhere it multiplies the heads as strided views of the 3-D
+projections (BLAS batched matmul, no Transpose materialized). Either way one numba pass
+per score row applies scale, mask and causal limit, takes max, exponentials and sum and
+normalizes in place (the row stays in L1 between its loops), and the second product
+writes straight into the [b, s, heads, dv] layout of the output.
 """
 
 from __future__ import annotations
@@ -231,9 +232,17 @@ def attention(node: Node, ctx: CompileContext) -> KernelFn | None:
             flat, strides = _mask_rows(mask, (b, heads, sq, sk))
         into, direct = _into(out, (b, sq, heads * dv))
         y = np.empty((b, sq, heads * dv), F32) if direct is None else direct
+        sc = F32.type(scale)
+        grain = max(1, (1 << 16) // max(1, b * sq * sk))
+        softmax = (flat, strides, mask is not None, sc, causal)
+        from . import attention_heads  # (imports _softmax_rows from here)
+
+        call = attention_heads.heads_call(q, k, v, y, heads, softmax, grain)
+        if call is not None:
+            call()
+            return (_deliver(into, y),)
         yh = y.reshape(b, sq, heads, dv).transpose(0, 2, 1, 3)
         scores = np.empty((b, heads, sq, sk), F32)
-        sc = F32.type(scale)
 
         def part(lo: int, hi: int) -> None:  # heads lo..hi-1 of every batch item
             np.matmul(qh[:, lo:hi], kt[:, lo:hi], out=scores[:, lo:hi])
@@ -246,7 +255,7 @@ def attention(node: Node, ctx: CompileContext) -> KernelFn | None:
             # P V written straight into [b, sq, heads, dv]: the merged heads need no copy
             np.matmul(scores[:, lo:hi], vh[:, lo:hi], out=yh[:, lo:hi])
 
-        _parallel.for_ranges(part, heads, max(1, (1 << 16) // max(1, b * sq * sk)))
+        _parallel.for_ranges(part, heads, grain)
         return (_deliver(into, y),)
 
     run.writes_out = True  # (not in place: V is read while the output is written)
