@@ -33,12 +33,18 @@ streams (a `streamed()` attribute), and selection takes their read at the memory
 bandwidth measured once per process (`bandwidth`) as the least time it can take in a
 model: its time is the larger of the two (a roofline; the read and the arithmetic
 overlap). Winograd does: its a*a GEMMs each read one slice of the transformed weights
-against few tiles. So do the GEMMs and direct kernels: B once where their threads split
-its columns or depth, once per part where they split A's rows (or the pixels), so on few
-rows the split that reads B once wins. ResNet-50's 7x7 512 -> 2048 1x1 convs tied hot
-(0.474 ms by rows, 0.475 by columns) and took 0.84-0.87 ms by rows in the model, 0.50-0.52
-by columns. (Adding the read's time instead, as this did first, overcharged it
-once its phases ran on numba's threads: ResNet-50's 256 channels at 14x14, F(2, 3) with 4
+against few tiles (all of them charged: a thread's share let F(2, 3) in at 7x7 x 512,
+where it then took 1.8 ms in the model). So do the GEMMs and direct kernels: all of
+B once per part where their threads split A's rows (or the pixels: each part reads the
+same lines), a share of B per thread where they split its columns or depth, so on few rows
+the split that reads B once wins. ResNet-50's 7x7 512 -> 2048 1x1 convs tied hot (0.474
+ms by rows, 0.475 by columns) and took 0.84-0.87 ms by rows in the model, 0.50-0.52 by
+columns; its classifier (2048 -> 1000, one row) read all of B on OpenBLAS's one thread in
+0.67 ms, charged as the two-thread kernel until shares were (0.44; onnxruntime 0.35).
+Charging the read on top of the hot time instead of the larger of the two was tried
+again with shares: MobileNetV2 1.08-1.11x onnxruntime -> 1.18-1.25, reverted. (Adding
+the read's time, as this did first, overcharged Winograd once its phases ran on numba's
+threads: ResNet-50's 256 channels at 14x14, F(2, 3) with 4
 MiB, measured 0.55 ms hot + 0.31 charged against 1.0 for windows + MKL's packed GEMM, and
 took 0.61-0.70 in the model, where windows + GEMM took 0.87-0.94. At 7x7 x 512, 16 MiB
 of F(2, 3) cannot be read in the 1.4 ms it takes hot, and the floor keeps it out.)
@@ -118,7 +124,7 @@ BUSY_RATIO = float(os.environ.get("WORKBENCH_BUSY_RATIO", "3"))
 
 # part of every cache key: bumped when the candidates' implementations change, so that
 # choices measured on the old ones are not reused
-CACHE_VERSION = 25
+CACHE_VERSION = 26
 
 Builder = Callable[[], Callable[..., Any]]
 

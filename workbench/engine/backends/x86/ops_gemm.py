@@ -269,9 +269,11 @@ def _gemm_builders(
     own = 0 if source is None else bm.nbytes
     # (the packed candidates call weight() for a range not yet packed, never keeping bm)
     weight = source if source is not None else (lambda: bm)
-    # what a candidate reads of B per call, cold in a model (autotune.streamed): B once
-    # where the threads split its columns or depth, once per part where they split A's rows
+    # what a candidate reads of B per call, cold in a model (autotune.streamed): all of B
+    # once per part where the threads split A's rows (they read the same lines), a share
+    # of it per thread where they split B's columns or depth
     row_parts = len(_parallel.split(rows or 1, grain(2.0 * k * n)))
+    col_parts = len(_parallel.split(n, grain(2.0 * k * (rows or 1)), align=16))
 
     def by_rows(
         product: Callable,
@@ -317,7 +319,7 @@ def _gemm_builders(
             _parallel.for_ranges(part, n, grain(2.0 * k * len(x2)), align=16)
 
         fn.held = held
-        fn.streamed = reads
+        fn.streamed = lambda: reads() // col_parts
         fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
         return fn
 
@@ -357,7 +359,7 @@ def _gemm_builders(
                 lambda: bt_own,
                 lambda x2, o2, post: gemv.gemv_call(bt, x2, o2, post),
             )
-            fn.streamed = lambda: bt.nbytes  # (its threads split the columns)
+            fn.streamed = lambda: bt.nbytes // len(_parallel.split(n, gemv.GRAIN))  # (by columns)
             return fn
 
         builders["gemv"] = single_row
@@ -389,7 +391,9 @@ def _gemm_builders(
                 return _native.packed_split_call(packs, weight, x2, o2, post, g, rows=pack_rows)
 
             held = lambda: sum(p.resident() for p in packs.values())  # noqa: E731
-            return by_cols(product, held, native, held)
+            fn = by_cols(product, held, native)
+            fn.streamed = lambda: max((p.resident() for p in packs.values()), default=0)
+            return fn
 
         def mkl_packed_k():
             packs: dict[tuple[int, int], _mkl.PackedB] = {}  # one per range of B's rows
@@ -408,7 +412,8 @@ def _gemm_builders(
                 else:
                     call()
 
-            fn.held = fn.streamed = lambda: sum(p.resident() for p in packs.values())
+            fn.held = lambda: sum(p.resident() for p in packs.values())
+            fn.streamed = lambda: max((p.resident() for p in packs.values()), default=0)
             fn.bind = lambda x2, o2, post=None: _bound(native, fn, x2, o2, post)
             return fn
 
