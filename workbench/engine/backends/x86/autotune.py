@@ -40,7 +40,7 @@ same lines), a share of B per thread where they split its columns or depth, so o
 the split that reads B once wins. ResNet-50's 7x7 512 -> 2048 1x1 convs tied hot (0.474
 ms by rows, 0.475 by columns) and took 0.84-0.87 ms by rows in the model, 0.50-0.52 by
 columns; its classifier (2048 -> 1000, one row) read all of B on OpenBLAS's one thread in
-0.67 ms, charged as the two-thread kernel until shares were (0.44; onnxruntime 0.35).
+0.67 ms, charged as the two-thread kernel until shares were (0.44-0.52; onnxruntime 0.35).
 Charging the read on top of the hot time instead of the larger of the two was tried
 again with shares: MobileNetV2 1.08-1.11x onnxruntime -> 1.18-1.25, reverted. (Adding
 the read's time, as this did first, overcharged Winograd once its phases ran on numba's
