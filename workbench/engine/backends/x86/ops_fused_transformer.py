@@ -222,10 +222,6 @@ def attention(node: Node, ctx: CompileContext) -> KernelFn | None:
         sk, dv = k.shape[1], v.shape[2] // heads
         d = hidden // heads
         scale = scale_attr or 1.0 / math.sqrt(d)
-        # views: [b, h, sq, d], [b, h, d, sk], [b, h, sk, dv]; matmul runs BLAS on them
-        qh = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
-        kt = k.reshape(b, sk, heads, d).transpose(0, 2, 3, 1)
-        vh = v.reshape(b, sk, heads, dv).transpose(0, 2, 1, 3)
         if mask is None:
             flat, strides = _NO_MASK, np.zeros(3, np.int64)
         else:
@@ -241,6 +237,10 @@ def attention(node: Node, ctx: CompileContext) -> KernelFn | None:
         if call is not None:
             call()
             return (_deliver(into, y),)
+        # views: [b, h, sq, d], [b, h, d, sk], [b, h, sk, dv]; matmul runs BLAS on them
+        qh = q.reshape(b, sq, heads, d).transpose(0, 2, 1, 3)
+        kt = k.reshape(b, sk, heads, d).transpose(0, 2, 3, 1)
+        vh = v.reshape(b, sk, heads, dv).transpose(0, 2, 1, 3)
         yh = y.reshape(b, sq, heads, dv).transpose(0, 2, 1, 3)
         scores = np.empty((b, heads, sq, sk), F32)
 
