@@ -36,12 +36,10 @@ from numba import prange
 
 from .... import _threads
 from . import _mkl, _parallel, winograd
+from ._mkl import _NO_TRANS, _PACKED, _ROW_MAJOR
 from ._numba import CONTRACT, njit, scratch, u64
 from .depthwise_nhwc import _depthwise_hwc
 from .ops_fused_conv import _EMPTY, Epilogue, ImageEpilogue, _epilogue_block, _epilogue_tile
-
-_ROW_MAJOR, _PACKED = 101, 151
-_NO_TRANS = 111
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}

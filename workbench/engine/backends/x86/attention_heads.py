@@ -17,10 +17,9 @@ import numpy as np
 from numba import prange
 
 from . import _mkl, _native, _parallel
+from ._mkl import _NO_TRANS, _ROW_MAJOR, _TRANS
 from ._numba import CONTRACT, njit, scratch, u64
 from .ops_fused_transformer import _softmax_rows
-
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
 # fmt: off
