@@ -127,13 +127,17 @@ def test_conv_gemm_matches_the_pool_and_numpy(two_threads, m, k, p, act, residua
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_matches_the_pool_and_numpy(two_threads, stride):
+@pytest.mark.parametrize("c", [13, 32])  # the loops, and the 3x3 kernel's vectors of 16
+@pytest.mark.parametrize("in_kernel", [False, True])
+def test_depthwise_matches_the_pool_and_numpy(two_threads, stride, c, in_kernel):
+    """With a residual the Clip runs in the epilogue after it; without one the kernel
+    clamps each value as it stores it (`clamp_of`) and no epilogue runs."""
     from workbench.engine.backends.x86 import depthwise_nhwc
 
-    h, wd, c, pad = 9, 11, 13, 1  # channels that are not a multiple of the vector width
+    h, wd, pad = 9, 11, 1
     x, w, bias, zero = f32(h, wd, c), f32(c, 1, 3, 3), f32(c), np.zeros(c, np.float32)
     oh, ow = (h + 2 * pad - 3) // stride + 1, (wd + 2 * pad - 3) // stride + 1
-    z = f32(oh * ow * c)
+    z = np.zeros(0, np.float32) if in_kernel else f32(oh * ow * c)
     wt = depthwise_nhwc.pack_weight(w).reshape(-1)
     xp = np.pad(x.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)))
     want = np.zeros((oh, ow, c)) + bias
@@ -141,16 +145,18 @@ def test_depthwise_matches_the_pool_and_numpy(two_threads, stride):
         for e in range(3):
             win = xp[a : a + stride * oh : stride, e : e + stride * ow : stride]
             want += win * w[:, 0, a, e]
-    want = np.clip(want + z.reshape(oh, ow, c), -0.5, 0.7)
+    want = np.clip(want + (0 if in_kernel else z.reshape(oh, ow, c)), -0.5, 0.7)
+    clip = act_tuple("clip")
+    bounds = depthwise_nhwc.clamp_of(*clip) if in_kernel else depthwise_nhwc.clamp_of(0, 0, 0)
     outs = []
     for native in (True, False):
         y = np.full(oh * ow * c, np.nan, np.float32)
         args = (
             x.reshape(-1), wt, bias, h, wd, c, 3, 3, stride, stride, 1, 1, pad, pad, ow,
-            y, *depthwise_nhwc.runs(wt.reshape(9, c), bias, stride),
+            y, *depthwise_nhwc.runs(wt.reshape(9, c), bias, stride), *bounds,
         )  # fmt: skip
         with contextlib.nullcontext() if native else pool_only():
-            _native.depthwise_call(args, oh, 1, (z, zero, *act_tuple("clip"), True))()
+            _native.depthwise_call(args, oh, 1, (z, zero, *clip, not in_kernel))()
         outs.append(y)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[0].reshape(oh, ow, c), want, rtol=1e-4, atol=1e-4)

@@ -380,18 +380,19 @@ def spin_up() -> None:
 # fmt: off
 @njit(fastmath=CONTRACT)
 def _depthwise_part(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br,
-                    run, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
-    _depthwise_hwc(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br, run)
+                    run, vlo, vhi, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
+    _depthwise_hwc(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, lo, hi, y, wr, br, run,
+                   vlo, vhi)
     if finish:  # the bias is in; the residual and activation on these rows
         _epilogue_tile(y, zero, z, c, lo * ow, hi * ow, 0, c, act, p0, p1)
 
 
 @njit(parallel=True, fastmath=CONTRACT)
 def _depthwise(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, y, wr, br,
-               run, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
+               run, vlo, vhi, z, zero, act, p0, p1, finish):  # pragma: no cover - compiled
     for t in prange(bounds.size - 1):
         _depthwise_part(x, w, b, h, wd, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t],
-                        bounds[t + 1], y, wr, br, run, z, zero, act, p0, p1, finish)
+                        bounds[t + 1], y, wr, br, run, vlo, vhi, z, zero, act, p0, p1, finish)
 # fmt: on
 
 
@@ -493,8 +494,9 @@ def rows_call(
 
 
 def depthwise_call(args: tuple, rows: int, grain: int, tail: tuple) -> Callable[[], object]:
-    """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` then, when tail[-1] (finish), the
-    epilogue (tail: z, zero, act, p0, p1, finish) over output rows (`rows_call`)."""
+    """`_depthwise_hwc(*args[:15], lo, hi, *args[15:])` (args[15:]: y, wr, br, run and the
+    clamp's bounds) then, when tail[-1] (finish), the epilogue (tail: z, zero, act, p0,
+    p1, finish) over output rows (`rows_call`)."""
     return rows_call(_depthwise_part, _depthwise, args[:15], (*args[15:], *tail), rows, grain)
 
 

@@ -11,7 +11,9 @@ registers.
 
 `load(a, i)` / `store(a, i, v)`: lanes a[i:i+16] of a 1-D float32 array (no bounds
 check: the caller's loop bounds are the check); `splat(s)`: s in every lane; `fma(a, b,
-c)`: a*b + c lane-wise, one rounding; `lane(v, k)`: lane k as a float32.
+c)`: a*b + c lane-wise, one rounding; `lane(v, k)`: lane k as a float32; `clamp(v, lo,
+hi)`: lo where v < lo, then hi where v > hi, lane-wise (Clip's order: a NaN stays NaN,
+and lo > hi gives hi).
 """
 
 from __future__ import annotations
@@ -119,4 +121,17 @@ def lane(typingctx, v, k):
     return types.float32(v, k), codegen
 
 
-__all__ = ["LANES", "f32x16", "fma", "lane", "load", "splat", "store"]
+@intrinsic
+def clamp(typingctx, v, lo, hi):
+    if not (v == f32x16 and lo == f32x16 and hi == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, lo, hi = args
+        v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
+        return builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+
+    return f32x16(v, lo, hi), codegen
+
+
+__all__ = ["LANES", "clamp", "f32x16", "fma", "lane", "load", "splat", "store"]

@@ -332,8 +332,10 @@ def _depthwise(
         bv = bias if bias is not None else _vector(b, c, "FusedConvNHWC B")
         zz = _full(z, shape, "FusedConvNHWC residual Z")
         zn = None if zz is _EMPTY else zz.reshape(n, -1)
-        finish = act[0] != 0 or zn is not None
-        repeated = runs_for(g.sw, bv)
+        # a Relu or Clip is done as the kernel stores (no residual to add first)
+        clamp = depthwise_nhwc.clamp_of(*act) if zn is None else None
+        finish = clamp is None
+        repeated = (*runs_for(g.sw, bv), *(clamp or depthwise_nhwc.clamp_of(0, 0, 0)))
         grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
         per_image = []
         for i in range(n):
