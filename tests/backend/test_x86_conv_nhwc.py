@@ -259,6 +259,10 @@ MAX_POOLS = [
     ((1, 17, 8, 7), {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 1, 0]}),
     ((1, 70, 9, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     ((1, 3, 10, 6), {"kernel_shape": [3, 2], "dilations": [2, 2], "auto_pad": "SAME_UPPER"}),
+    # channels in vectors of 16 (_maxpool_hwc16): ResNet's stem pool, and odd windows
+    ((2, 32, 11, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 64, 9, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 16, 10, 6), {"kernel_shape": [3, 2], "dilations": [2, 2], "auto_pad": "SAME_UPPER"}),
 ]
 
 
@@ -266,6 +270,7 @@ MAX_POOLS = [
 def test_max_pool_nhwc_matches_reference(xs, attrs):
     x = f32(*xs)
     x[0, 0, 1, 1] = np.nan  # a NaN in a window is its max, as in the reference
+    x[0, -1, 2, 3] = x[0, 1, 4, 4] = np.nan  # (and in the lanes past the first)
     model, feeds = node_model("MaxPoolNHWC", [_nhwc(x)], attrs, domain="workbench")
     sess = wb.Session(wb.load(model, check=False), "x86", level=0)
     assert not sess.plan.fallbacks

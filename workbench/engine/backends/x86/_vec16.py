@@ -13,7 +13,8 @@ registers.
 check: the caller's loop bounds are the check); `splat(s)`: s in every lane; `fma(a, b,
 c)`: a*b + c lane-wise, one rounding; `lane(v, k)`: lane k as a float32; `clamp(v, lo,
 hi)`: lo where v < lo, then hi where v > hi, lane-wise (Clip's order: a NaN stays NaN,
-and lo > hi gives hi).
+and lo > hi gives hi); `nanmax(v, cur)`: the larger lane-wise, a NaN in either kept
+(MaxPool's: a NaN in a window is its max).
 """
 
 from __future__ import annotations
@@ -134,4 +135,17 @@ def clamp(typingctx, v, lo, hi):
     return f32x16(v, lo, hi), codegen
 
 
-__all__ = ["LANES", "clamp", "f32x16", "fma", "lane", "load", "splat", "store"]
+@intrinsic
+def nanmax(typingctx, v, cur):
+    if not (v == f32x16 and cur == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, cur = args
+        r = builder.select(builder.fcmp_ordered(">", v, cur), v, cur)  # (a NaN cur stays)
+        return builder.select(builder.fcmp_unordered("uno", v, v), v, r)
+
+    return f32x16(v, cur), codegen
+
+
+__all__ = ["LANES", "clamp", "f32x16", "fma", "lane", "load", "nanmax", "splat", "store"]

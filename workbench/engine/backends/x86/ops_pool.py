@@ -23,6 +23,7 @@ from ..common import conv_pads
 from . import _parallel
 from ._numba import declines_dtype, njit, u64, valid_range, wants_output
 from ._table import kernels
+from ._vec16 import load, nanmax, splat, store
 
 if TYPE_CHECKING:
     from ...ir import Node
@@ -425,6 +426,38 @@ def _maxpool_hwc(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, low, y)
                         y[u64(d + k)] = _nanmax(x[u64(src + k)], y[u64(d + k)])
 
 
+@njit
+def _maxpool_hwc16(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, r0, r1, low, y):
+    """`_maxpool_hwc` for float32 and C a multiple of 16: each pixel's channels 16 at a
+    time in a vector register (`_vec16`) over the window's taps, stored once (the loop
+    above reads and writes y at every tap: ResNet-50's 3x3 stride-2 pool of 112x112x64,
+    2 threads, took 0.26-0.29 ms in the model against onnxruntime's 0.10)."""
+    lo = splat(low)
+    for i in range(r0, r1):
+        for j in range(ow):
+            d = (i * ow + j) * c
+            for k in range(0, c, 16):
+                acc = lo
+                for a in range(kh):
+                    ii = i * sh - pt + a * dh
+                    if ii < 0 or ii >= h:
+                        continue
+                    for e in range(kw):
+                        jj = j * sw - pl + e * dw
+                        if jj >= 0 and jj < w:
+                            acc = nanmax(load(x, u64((ii * w + jj) * c + k)), acc)
+                store(y, u64(d + k), acc)
+
+
+@njit(parallel=True)
+def _maxpool_parts16(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, low, y):
+    """`_maxpool_hwc16` over output rows bounds[t]..bounds[t + 1]-1 on numba's threads."""
+    for t in prange(bounds.size - 1):
+        _maxpool_hwc16(
+            x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds[t], bounds[t + 1], low, y
+        )
+
+
 @njit(parallel=True)
 def _maxpool_parts(x, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow, bounds, low, y):
     """`_maxpool_hwc` over output rows bounds[t]..bounds[t + 1]-1, one part a thread of
@@ -460,9 +493,13 @@ def max_pool_nhwc(node: Node, ctx: CompileContext) -> Callable | None:
         from . import _native  # (imports the conv kernels)
 
         grain = max(1, (1 << 15) // max(1, ow * kh * kw * c))
+        vectors = x.dtype == np.float32 and c % 16 == 0
+        serial, parallel = (
+            (_maxpool_hwc16, _maxpool_parts16) if vectors else (_maxpool_hwc, _maxpool_parts)
+        )
         for b in range(n):
             head = (xf[b], h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ow)
-            _native.rows_call(_maxpool_hwc, _maxpool_parts, head, (low, yf[b]), oh, grain)()
+            _native.rows_call(serial, parallel, head, (low, yf[b]), oh, grain)()
         return (y,)
 
     run.algorithm = "window_loop_nhwc"
