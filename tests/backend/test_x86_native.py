@@ -147,7 +147,7 @@ def test_depthwise_matches_the_pool_and_numpy(two_threads, stride, c, in_kernel)
             want += win * w[:, 0, a, e]
     want = np.clip(want + (0 if in_kernel else z.reshape(oh, ow, c)), -0.5, 0.7)
     clip = act_tuple("clip")
-    bounds = depthwise_nhwc.clamp_of(*clip) if in_kernel else depthwise_nhwc.clamp_of(0, 0, 0)
+    bounds = depthwise_nhwc.clamp_of(*clip) if in_kernel else depthwise_nhwc.NO_CLAMP
     outs = []
     for native in (True, False):
         y = np.full(oh * ow * c, np.nan, np.float32)

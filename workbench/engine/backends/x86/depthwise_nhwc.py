@@ -254,16 +254,16 @@ def runs(wt: np.ndarray, bias: np.ndarray, sw: int) -> tuple[np.ndarray, np.ndar
     return wr, np.tile(bias, run), run
 
 
-_NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf))  # (lo, hi) of no activation
+NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf))  # (lo, hi) of no activation
 
 
 def clamp_of(act: int, p0: float, p1: float) -> tuple[np.float32, np.float32] | None:
     """(lo, hi) that `_depthwise_hwc` clamps to for an epilogue activation code (see
     ops_fused_conv.ACTIVATIONS: 0 none, 1 Relu, 3 Clip(p0, p1)); None for the others."""
     if act == 0:
-        return _NO_CLAMP
+        return NO_CLAMP
     if act == 1:
-        return np.float32(0.0), _NO_CLAMP[1]
+        return np.float32(0.0), NO_CLAMP[1]
     if act == 3:
         return np.float32(p0), np.float32(p1)
     return None
@@ -295,7 +295,7 @@ def conv(
         def rows(lo: int, hi: int) -> None:
             _depthwise_hwc(
                 xt, wf, bias, g.h, g.w, c, g.kh, g.kw,
-                g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow, lo, hi, yt, *repeated, *_NO_CLAMP,
+                g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.ow, lo, hi, yt, *repeated, *NO_CLAMP,
             )  # fmt: skip
 
         def to_chw(lo: int, hi: int, yf: np.ndarray = yf, n: int = n) -> None:

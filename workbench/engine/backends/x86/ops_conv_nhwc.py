@@ -335,7 +335,7 @@ def _depthwise(
         # a Relu or Clip is done as the kernel stores (no residual to add first)
         clamp = depthwise_nhwc.clamp_of(*act) if zn is None else None
         finish = clamp is None
-        repeated = (*runs_for(g.sw, bv), *(clamp or depthwise_nhwc.clamp_of(0, 0, 0)))
+        repeated = (*runs_for(g.sw, bv), *(clamp or depthwise_nhwc.NO_CLAMP))
         grain = max(1, (1 << 16) // max(1, g.kh * g.kw * g.ow * c))
         per_image = []
         for i in range(n):
